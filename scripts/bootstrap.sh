@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Installs everything this project needs on a Debian 12 (bookworm) machine, idempotently:
+# host packages (QEMU 10 from bookworm-backports, cross toolchain, cmake/ninja/dtc, iperf, ...),
+# the Rust targets, and a Python venv with west and Zephyr's Python requirements.
+#
+# It does not create the Zephyr workspace itself: that is ~/zephyrproject (or $ZEPHYR_WORKSPACE),
+# made with `west init` + `west update` where GitHub is reachable (see docs/zephyr-workspace.md).
+# When the workspace exists, its Python requirements are installed into the venv.
+#
+# Usage: scripts/bootstrap.sh            (as root, or with sudo available)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+ws=${ZEPHYR_WORKSPACE:-$HOME/zephyrproject}
+venv=${IVNET_VENV:-$ws/.venv}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
+
+# ---- Debian packages ---------------------------------------------------------------------
+pkgs=(cmake ninja-build device-tree-compiler gperf gcc-aarch64-linux-gnu libclang-dev clang
+      iperf iperf3 iproute2 dnsmasq-base iptables python3-venv python3-dev git file xz-utils
+      socat stress-ng procps)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+need_qemu=1
+if command -v qemu-system-aarch64 >/dev/null 2>&1; then
+  v=$(qemu-system-aarch64 --version | head -1 | sed -E 's/.*version ([0-9]+).*/\1/')
+  [ "${v:-0}" -ge 10 ] && need_qemu=0
+fi
+if [ ${#missing[@]} -gt 0 ] || [ $need_qemu -eq 1 ]; then
+  . /etc/os-release
+  if [ "${VERSION_CODENAME:-}" = bookworm ] && [ $need_qemu -eq 1 ] \
+     && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list.d/ /etc/apt/sources.list; then
+    log "adding bookworm-backports (QEMU 10)"
+    src=/etc/apt/sources.list.d/debian.sources
+    if [ -f "$src" ]; then
+      uri=$(awk '/^URIs:/{print $2; exit}' "$src")
+    else
+      uri=http://deb.debian.org/debian
+    fi
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$uri" | $SUDO tee /etc/apt/sources.list.d/ivnet-backports.sources >/dev/null
+  fi
+  log "apt-get update"
+  $SUDO apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ $need_qemu -eq 1 ]; then
+    log "installing qemu-system-arm (QEMU >= 10)"
+    if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports qemu-system-arm >/dev/null
+    else
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-system-arm >/dev/null
+    fi
+  fi
+fi
+
+# Debian's gcc-12 cross compiler ships no include-fixed/limits.h; Zephyr's CMake asks for it.
+for d in /usr/lib/gcc-cross/aarch64-linux-gnu/*/; do
+  if [ -f "$d/include/limits.h" ] && [ ! -e "$d/include-fixed/limits.h" ]; then
+    log "adding include-fixed/limits.h to $d"
+    $SUDO mkdir -p "$d/include-fixed"
+    $SUDO ln -sf ../include/limits.h "$d/include-fixed/limits.h"
+  fi
+done
+
+# ---- Rust --------------------------------------------------------------------------------
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup target list --installed | grep -qx aarch64-unknown-none; then
+    log "rustup target add aarch64-unknown-none"
+    rustup target add aarch64-unknown-none
+  fi
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+else
+  # Debian's Rust: build core/alloc from source for the bare-metal target.
+  for p in rustc-web cargo-web rust-web-src; do
+    dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null
+  done
+fi
+
+# ---- Python: west and Zephyr's requirements ---------------------------------------------
+mkdir -p "$ws"
+if [ ! -x "$venv/bin/west" ]; then
+  log "creating venv $venv with west"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q west
+fi
+if [ -d "$ws/zephyr/scripts" ]; then
+  stamp="$venv/.ivnet-reqs"
+  if [ ! -f "$stamp" ]; then
+    log "installing Zephyr's Python requirements into $venv"
+    for r in requirements-base.txt requirements-build-test.txt requirements-run-test.txt; do
+      "$venv/bin/pip" install -q -r "$ws/zephyr/scripts/$r"
+    done
+    touch "$stamp"
+  fi
+else
+  log "NOTE: no Zephyr workspace at $ws/zephyr yet (see docs/zephyr-workspace.md); host-only set-up done"
+fi
+log "done"
