@@ -81,17 +81,26 @@ impl core::fmt::Display for ProtocolError {
                 "peer avail index {published} is more than a queue ahead of {last}"
             ),
             DescriptorIndexOutOfRange { index } => {
-                write!(f, "peer avail ring names descriptor {index}, outside the queue")
+                write!(
+                    f,
+                    "peer avail ring names descriptor {index}, outside the queue"
+                )
             }
             DescriptorFlags { index, flags } => {
-                write!(f, "peer descriptor {index} has unsupported flags {flags:#x}")
+                write!(
+                    f,
+                    "peer descriptor {index} has unsupported flags {flags:#x}"
+                )
             }
             FrameOutOfBounds { index, addr, len } => write!(
                 f,
                 "peer descriptor {index}: frame at {addr:#x}+{len} outside the data area"
             ),
             RuntFrame { index, len } => {
-                write!(f, "peer descriptor {index}: frame of {len} bytes is too short")
+                write!(
+                    f,
+                    "peer descriptor {index}: frame of {len} bytes is too short"
+                )
             }
             UsedIndexOutOfRange {
                 last,

@@ -57,6 +57,19 @@ pub struct TxSlot {
     size: usize,
 }
 
+impl TxSlot {
+    /// The same slot holding only `len <= self.len` bytes (after filling it in place with a
+    /// frame whose length was not known when it was reserved).
+    pub fn shrink(self, len: usize) -> TxSlot {
+        let len = len.min(self.len);
+        TxSlot {
+            len,
+            size: frame_slot_size(len),
+            ..self
+        }
+    }
+}
+
 /// Our transmit queue: descriptors and avail ring in our section, the peer's used ring.
 pub struct TxQueue {
     own: Region,
@@ -359,7 +372,8 @@ impl RxQueue {
     /// Asks the peer for a doorbell on its next frame. Returns true when a frame is already
     /// pending (poll again instead of waiting).
     pub fn enable_notify(&self) -> Result<bool, ProtocolError> {
-        self.own.store_u16(self.g.avail_event(), self.last_avail.0)?;
+        self.own
+            .store_u16(self.g.avail_event(), self.last_avail.0)?;
         fence(Ordering::SeqCst);
         let published = self.peer.load_u16(self.g.avail_idx())?;
         Ok(published != self.last_avail.0)

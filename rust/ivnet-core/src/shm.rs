@@ -135,7 +135,9 @@ impl Region {
     pub fn read_u64(&self, offset: usize) -> Result<u64, OutOfBounds> {
         let p = self.check(offset, 8, 8)?;
         // SAFETY: in bounds and aligned (checked); any bit pattern is a valid u64.
-        Ok(u64::from_le(unsafe { core::ptr::read_volatile(p as *const u64) }))
+        Ok(u64::from_le(unsafe {
+            core::ptr::read_volatile(p as *const u64)
+        }))
     }
 
     /// Writes a little-endian `u64` with a volatile write.
@@ -150,7 +152,9 @@ impl Region {
     pub fn read_u32(&self, offset: usize) -> Result<u32, OutOfBounds> {
         let p = self.check(offset, 4, 4)?;
         // SAFETY: in bounds and aligned (checked).
-        Ok(u32::from_le(unsafe { core::ptr::read_volatile(p as *const u32) }))
+        Ok(u32::from_le(unsafe {
+            core::ptr::read_volatile(p as *const u32)
+        }))
     }
 
     /// Writes a little-endian `u32` with a volatile write (no ordering).
@@ -165,7 +169,9 @@ impl Region {
     pub fn read_u16(&self, offset: usize) -> Result<u16, OutOfBounds> {
         let p = self.check(offset, 2, 2)?;
         // SAFETY: in bounds and aligned (checked).
-        Ok(u16::from_le(unsafe { core::ptr::read_volatile(p as *const u16) }))
+        Ok(u16::from_le(unsafe {
+            core::ptr::read_volatile(p as *const u16)
+        }))
     }
 
     /// Writes a little-endian `u16` with a volatile write (no ordering).

@@ -209,6 +209,9 @@ mod tests {
         )
         .unwrap();
         assert!(!carrier);
-        assert_eq!(s, Init, "after falling to RESET we wait in INIT for the new peer");
+        assert_eq!(
+            s, Init,
+            "after falling to RESET we wait in INIT for the new peer"
+        );
     }
 }

@@ -171,10 +171,7 @@ mod tests {
             check_size(3 << 20),
             Err(LayoutError::NotPowerOfTwo { size: 3 << 20 })
         );
-        assert!(matches!(
-            check_size(0x2000),
-            Err(LayoutError::Geometry(_))
-        ));
+        assert!(matches!(check_size(0x2000), Err(LayoutError::Geometry(_))));
         let min = min_region_size();
         assert!(check_size(min).is_ok());
         assert!(check_size(min / 2).is_err());
@@ -193,7 +190,11 @@ mod tests {
         assert_eq!(v.slot_of(0).unwrap(), Some(1));
         assert_eq!(v.slot_of(7).unwrap(), None);
         v.set_owner(0, Some(0)).unwrap();
-        assert_eq!(v.slot_of(0).unwrap(), None, "an id owning two slots is no answer");
+        assert_eq!(
+            v.slot_of(0).unwrap(),
+            None,
+            "an id owning two slots is no answer"
+        );
         assert_eq!(v.section(1).unwrap().len(), 0x7f000);
     }
 }

@@ -1,0 +1,20 @@
+//! # ivnet-host: the host side of an ivshmem-net network
+//!
+//! Small pieces that compose (in the manner of smoltcp's `phy`):
+//!
+//! - [`server`]: an ivshmem server for QEMU's `ivshmem-doorbell` that keeps the v1 link's
+//!   slot-owner table (ids only grow; a departed peer's slot is zeroed and the survivor rung);
+//! - [`client`]: what QEMU's device does on the other end of that socket;
+//! - [`link`]: one end of an ivshmem-net link (state machine and queues from `ivnet-core`);
+//! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
+//! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line.
+#![deny(missing_docs)]
+
+pub mod bridge;
+pub mod client;
+pub mod link;
+pub mod mapping;
+pub mod proto;
+pub mod server;
+pub mod size;
+pub mod tap;

@@ -1,0 +1,360 @@
+//! One end of an ivshmem-net link on the host, over the flat v1 region an ivnet server
+//! manages: the slot lookup, the link state machine and the two queues.
+//!
+//! A [`Link`] knows nothing about where frames come from or go to; [`crate::bridge`] connects
+//! it to a TAP device, and tests connect two of them to each other.
+
+use std::io;
+
+use ivnet_core::queue::{Queues, RxFrame};
+use ivnet_core::shm::Region;
+use ivnet_core::state::{settle, LinkState, Transition};
+use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
+use ivnet_core::ProtocolError;
+use log::{error, info};
+
+use crate::client::{Client, ServerEvent};
+
+/// Counters of one link end.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Frames sent to the peer.
+    pub tx_frames: u64,
+    /// Frames received from the peer.
+    pub rx_frames: u64,
+    /// Doorbells we rang.
+    pub doorbells: u64,
+    /// Times the link was reset because the peer broke the protocol.
+    pub protocol_resets: u64,
+    /// Times the carrier went on.
+    pub carrier_ups: u64,
+}
+
+/// One end of a link.
+pub struct Link {
+    client: Client,
+    v1: V1Region,
+    slot: usize,
+    queues: Queues,
+    state: LinkState,
+    up: bool,
+    carrier: bool,
+    /// Counters.
+    pub stats: Stats,
+}
+
+/// The other slot's state: RESET when it has no owner (a vanished peer), else its state word.
+fn peer_state(v1: &V1Region, slot: usize) -> Result<LinkState, ProtocolError> {
+    if v1.owner(1 - slot)?.is_none() {
+        return Ok(LinkState::Reset);
+    }
+    LinkState::from_raw(v1.state(1 - slot)?)
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl Link {
+    /// Takes over a connected client: finds our slot in the owner table and lays the queues
+    /// over our section and the other slot's.
+    pub fn new(client: Client) -> io::Result<Link> {
+        let v1 = V1Region::new(client.mapping().region())
+            .map_err(|e| invalid(format!("shared memory from the server: {e}")))?;
+        let slot = v1
+            .slot_of(client.id())
+            .map_err(|e| invalid(format!("{e:?}")))?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "peer id {} owns no slot in the control page: is the server an ivnet server?",
+                    client.id()
+                ))
+            })?;
+        let own = v1.section(slot).map_err(|e| invalid(format!("{e:?}")))?;
+        let peer = v1
+            .section(1 - slot)
+            .map_err(|e| invalid(format!("{e:?}")))?;
+        let queues = Queues::new(own, peer).map_err(|e| invalid(e.to_string()))?;
+        let link = Link {
+            client,
+            v1,
+            slot,
+            queues,
+            state: LinkState::Reset,
+            up: true,
+            carrier: false,
+            stats: Stats::default(),
+        };
+        link.publish_state(LinkState::Reset);
+        info!("link: id {} in slot {}", link.client.id(), slot);
+        Ok(link)
+    }
+
+    /// The ivshmem client (for its fds).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Our slot (0 or 1).
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Our link state.
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// True while frames can flow (both ends READY or RUN and we are RUN).
+    pub fn running(&self) -> bool {
+        self.state == LinkState::Run
+    }
+
+    /// Carrier as the state machine last set it.
+    pub fn carrier(&self) -> bool {
+        self.carrier
+    }
+
+    fn peer_id(&self) -> Option<u32> {
+        self.v1.owner(1 - self.slot).ok().flatten()
+    }
+
+    fn publish_state(&self, s: LinkState) {
+        let _ = self.v1.set_state(self.slot, s.raw());
+    }
+
+    /// Rings the peer's vector `v`, if there is a peer.
+    pub fn ring(&mut self, v: u16) {
+        if let Some(p) = self.peer_id() {
+            if self.client.ring(p, v) {
+                self.stats.doorbells += 1;
+            }
+        }
+    }
+
+    /// Brings the interface up or down (down leaves the link: the peer sees RESET).
+    pub fn set_up(&mut self, up: bool) {
+        self.up = up;
+        self.update_state();
+    }
+
+    /// Re-reads the peer's state and runs the state machine until it settles.
+    pub fn update_state(&mut self) {
+        let before = self.state;
+        let mut effects: Vec<Transition> = Vec::new();
+        let queues = &mut self.queues;
+        let v1 = self.v1;
+        let slot = self.slot;
+        let r = settle(
+            self.state,
+            self.up,
+            || peer_state(&v1, slot),
+            |_, t| {
+                if t.reset_queues {
+                    queues.reset()?;
+                }
+                v1.set_state(slot, t.next.raw())?;
+                effects.push(*t);
+                Ok(())
+            },
+        );
+        match r {
+            Ok(s) => self.state = s,
+            Err(e) => return self.protocol_reset(e),
+        }
+        for t in &effects {
+            if let Some(c) = t.carrier {
+                self.set_carrier(c);
+            }
+        }
+        if !effects.is_empty() {
+            self.ring(VECTOR_STATE);
+        }
+        if before != self.state {
+            info!("link: {:?} -> {:?}", before, self.state);
+        }
+        if self.running() {
+            // Ask for a doorbell on the peer's next frame.
+            let _ = self.queues.rx.enable_notify();
+        }
+    }
+
+    fn set_carrier(&mut self, on: bool) {
+        if on != self.carrier {
+            self.carrier = on;
+            if on {
+                self.stats.carrier_ups += 1;
+            }
+            info!("link: carrier {}", if on { "on" } else { "off" });
+        }
+    }
+
+    /// The peer broke the protocol: log it, drop the carrier and start over from RESET.
+    pub fn protocol_reset(&mut self, e: ProtocolError) {
+        error!("link: peer protocol error, resetting the link: {e}");
+        self.stats.protocol_resets += 1;
+        self.state = LinkState::Reset;
+        self.publish_state(LinkState::Reset);
+        self.set_carrier(false);
+        self.ring(VECTOR_STATE);
+    }
+
+    /// Handles a message from the server (peer joined or left). Errors when the server went
+    /// away.
+    pub fn handle_server_message(&mut self) -> io::Result<()> {
+        match self.client.handle_message()? {
+            ServerEvent::Closed => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the ivshmem server closed the connection",
+            )),
+            ServerEvent::PeerGone(_) | ServerEvent::PeerVector(_) => {
+                self.update_state();
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees completed TX frames. Errors reset the link and are returned.
+    pub fn reclaim(&mut self) -> Result<u16, ProtocolError> {
+        let r = self.queues.tx.reclaim();
+        if let Err(e) = r {
+            self.protocol_reset(e);
+        }
+        r
+    }
+
+    /// Queues one frame for the peer, or returns `Ok(false)` when there is no room (or the
+    /// link is not running). Call [`Link::flush_tx`] after a batch.
+    pub fn send(&mut self, frame: &[u8]) -> Result<bool, ProtocolError> {
+        if !self.running() {
+            return Ok(false);
+        }
+        let r = self.queues.tx.send(frame);
+        match r {
+            Ok(true) => self.stats.tx_frames += 1,
+            Err(e) => self.protocol_reset(e),
+            _ => {}
+        }
+        r
+    }
+
+    /// Fills one frame of at most `max` bytes in place with `fill` (which returns the length it
+    /// wrote, or `None` to give up) and queues it. `Ok(None)`: no room, or not running.
+    pub fn send_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&Region, usize) -> Option<usize>,
+    ) -> Result<Option<usize>, ProtocolError> {
+        if !self.running() {
+            return Ok(None);
+        }
+        let Some(slot) = self.queues.tx.reserve(max) else {
+            return Ok(None);
+        };
+        let Some(n) = fill(self.queues.tx.region(), slot.offset) else {
+            return Ok(None);
+        };
+        let slot = slot.shrink(n);
+        if let Err(e) = self.queues.tx.push(slot) {
+            self.protocol_reset(e);
+            return Err(e);
+        }
+        self.stats.tx_frames += 1;
+        Ok(Some(n))
+    }
+
+    /// True when a frame of `len` bytes would fit now.
+    pub fn tx_room(&self, len: usize) -> bool {
+        self.running() && self.queues.tx.reserve(len).is_some()
+    }
+
+    /// Publishes queued frames and rings the peer if it asked for it.
+    pub fn flush_tx(&mut self) {
+        match self.queues.tx.publish() {
+            Ok(true) => self.ring(VECTOR_DATA),
+            Ok(false) => {}
+            Err(e) => self.protocol_reset(e),
+        }
+    }
+
+    /// Asks for a doorbell when completions free room; returns true when room appeared
+    /// meanwhile.
+    pub fn wait_tx_room(&mut self, len: usize) -> bool {
+        if let Err(e) = self.queues.tx.request_completion_notify() {
+            self.protocol_reset(e);
+            return false;
+        }
+        let _ = self.reclaim();
+        self.tx_room(len)
+    }
+
+    /// Receives up to `budget` frames, handing each to `deliver(region, frame)`, then publishes
+    /// the completions (ringing the peer if it asked). Returns the number received and whether
+    /// more may be pending.
+    pub fn receive(
+        &mut self,
+        budget: usize,
+        mut deliver: impl FnMut(&Region, RxFrame),
+    ) -> (usize, bool) {
+        if !self.running() {
+            return (0, false);
+        }
+        let mut n = 0;
+        while n < budget {
+            match self.queues.rx.poll() {
+                Ok(Some(f)) => {
+                    deliver(self.queues.rx.region(), f);
+                    if let Err(e) = self.queues.rx.complete(f) {
+                        self.protocol_reset(e);
+                        return (n, false);
+                    }
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.protocol_reset(e);
+                    return (n, false);
+                }
+            }
+        }
+        self.stats.rx_frames += n as u64;
+        match self.queues.rx.publish() {
+            Ok(true) => self.ring(VECTOR_DATA),
+            Ok(false) => {}
+            Err(e) => {
+                self.protocol_reset(e);
+                return (n, false);
+            }
+        }
+        if n == budget {
+            return (n, true);
+        }
+        match self.queues.rx.enable_notify() {
+            Ok(more) => (n, more),
+            Err(e) => {
+                self.protocol_reset(e);
+                (n, false)
+            }
+        }
+    }
+
+    /// Receives one frame into `buf`: its length, or `None`. Frames longer than `buf` are
+    /// dropped (their length is returned, nothing copied).
+    pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let mut got = None;
+        self.receive(1, |r, f| {
+            if f.len <= buf.len() {
+                let _ = r.read_bytes(f.offset, &mut buf[..f.len]);
+            }
+            got = Some(f.len);
+        });
+        got
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.publish_state(LinkState::Reset);
+        self.ring(VECTOR_STATE);
+    }
+}

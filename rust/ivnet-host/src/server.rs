@@ -1,0 +1,320 @@
+//! An ivshmem server for QEMU's `ivshmem-doorbell` that also plays the hypervisor's part for
+//! an ivshmem-net link on the flat v1 region (see [`ivnet_core::v1`]).
+//!
+//! - Ids only grow: QEMU frees a departed peer's eventfds without forgetting them and crashes
+//!   when the same id comes back, so an id is never handed out twice.
+//! - The server keeps the slot-owner table in the control page: on join it writes the
+//!   newcomer's slot owner (zeroing its state word) before the newcomer learns its id, then
+//!   rings the other slot's owner on vector 0; on leave it zeroes the slot's owner and state
+//!   and rings the survivor on vector 0.
+//! - A third peer on a two-slot link is refused (its connection is closed at once).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ivnet_core::v1::{self, V1Region, SLOTS, VECTOR_STATE};
+use log::{info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::mapping::{memfd, Mapping};
+use crate::proto::{send_msg, PROTOCOL_VERSION};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Path of the UNIX socket QEMU and host peers connect to.
+    pub socket: PathBuf,
+    /// Size of the shared memory (a power of two, at least [`v1::min_region_size`]).
+    pub size: usize,
+    /// Interrupt vectors per peer (ivshmem-net uses 2: state and data).
+    pub vectors: u16,
+}
+
+/// Why the server cannot start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The shared memory size cannot carry an ivshmem-net link.
+    Size(v1::LayoutError),
+    /// `vectors` is outside 1..=64.
+    Vectors(u16),
+    /// The socket path's directory does not exist, the path is taken by something that is not
+    /// a socket, or another server is listening there.
+    Socket(PathBuf, String),
+    /// A system call failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Size(e) => write!(f, "--size: {e}"),
+            ServerError::Vectors(v) => write!(f, "--vectors {v}: must be between 1 and 64"),
+            ServerError::Socket(p, why) => write!(f, "socket {}: {why}", p.display()),
+            ServerError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<io::Error> for ServerError {
+    fn from(e: io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+struct Peer {
+    id: u32,
+    slot: usize,
+    stream: UnixStream,
+    vectors: Vec<EventFd>,
+}
+
+/// A running ivshmem server (single-threaded; [`Server::run`] serves until stopped).
+pub struct Server {
+    cfg: ServerConfig,
+    listener: UnixListener,
+    shm: OwnedFd,
+    map: Mapping,
+    peers: Vec<Peer>,
+    next_id: u32,
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        if !d.is_dir() {
+            return Err(ServerError::Socket(
+                path.into(),
+                format!("directory {} does not exist", d.display()),
+            ));
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::Socket(
+                path.into(),
+                "exists and is not a socket (refusing to replace it)".into(),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::Socket(
+                path.into(),
+                "another server is already listening there".into(),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            ServerError::Socket(path.into(), format!("cannot remove stale socket: {e}"))
+        })?;
+    }
+    UnixListener::bind(path).map_err(|e| ServerError::Socket(path.into(), e.to_string()))
+}
+
+impl Server {
+    /// Checks the settings, creates the shared memory and binds the socket.
+    pub fn new(cfg: ServerConfig) -> Result<Server, ServerError> {
+        v1::check_size(cfg.size).map_err(ServerError::Size)?;
+        if cfg.vectors == 0 || cfg.vectors > 64 {
+            return Err(ServerError::Vectors(cfg.vectors));
+        }
+        let listener = bind_socket(&cfg.socket)?;
+        listener.set_nonblocking(true)?;
+        let shm = memfd("ivnet-shm", cfg.size)?;
+        let map = Mapping::new(&shm, cfg.size)?;
+        info!(
+            "ivshmem server on {}: {} bytes, {} vectors, sections of {:#x}",
+            cfg.socket.display(),
+            cfg.size,
+            cfg.vectors,
+            v1::section_size(cfg.size)
+        );
+        Ok(Server {
+            cfg,
+            listener,
+            shm,
+            map,
+            peers: Vec::new(),
+            next_id: 0,
+        })
+    }
+
+    fn v1(&self) -> V1Region {
+        V1Region::new(self.map.region()).expect("size checked in Server::new")
+    }
+
+    /// Serves until `stop` becomes true (checked at least every 200 ms).
+    pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            self.poll_once(200)?;
+        }
+        Ok(())
+    }
+
+    /// Serves until `stop` becomes true, on a background thread.
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<io::Result<()>> {
+        std::thread::spawn(move || self.run(&stop))
+    }
+
+    /// Waits up to `timeout_ms` for one round of events and handles them.
+    pub fn poll_once(&mut self, timeout_ms: u16) -> io::Result<()> {
+        let (listen_ready, gone) = {
+            let mut fds = Vec::with_capacity(1 + self.peers.len());
+            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+            for p in &self.peers {
+                fds.push(PollFd::new(p.stream.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::from(timeout_ms)) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let listen_ready = ready(&fds[0]);
+            let gone: Vec<u32> = fds[1..]
+                .iter()
+                .zip(&self.peers)
+                .filter(|(f, _)| ready(f))
+                .map(|(_, p)| p.id)
+                .collect();
+            (listen_ready, gone)
+        };
+        for id in gone {
+            // A client never writes: anything readable is EOF, an error, or a protocol
+            // violation; in each case the peer is gone.
+            self.remove_peer(id);
+        }
+        if listen_ready {
+            loop {
+                match self.listener.accept() {
+                    Ok((s, _)) => self.add_peer(s),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!("accept: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_peer(&mut self, stream: UnixStream) {
+        let v1 = self.v1();
+        let Some(slot) = (0..SLOTS).find(|s| !self.peers.iter().any(|p| p.slot == *s)) else {
+            warn!(
+                "refusing a third peer: this link has {SLOTS} slots, both taken (ids {:?})",
+                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
+            );
+            return; // dropping the stream closes it
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let vectors: Result<Vec<EventFd>, _> = (0..self.cfg.vectors)
+            .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC))
+            .collect();
+        let vectors = match vectors {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("peer {id}: eventfd: {e}");
+                return;
+            }
+        };
+        // Record the owner (and zero its state word) before the newcomer learns its id.
+        if let Err(e) = v1.set_owner(slot, Some(id)) {
+            warn!("peer {id}: owner table: {e:?}");
+            return;
+        }
+        let peer = Peer {
+            id,
+            slot,
+            stream,
+            vectors,
+        };
+        if let Err(e) = self.greet(&peer) {
+            warn!("peer {id}: setup failed: {e}");
+            let _ = v1.set_owner(slot, None);
+            return;
+        }
+        // Tell everyone else about the newcomer's vectors.
+        let mut broken = Vec::new();
+        for other in &self.peers {
+            for v in &peer.vectors {
+                if send_msg(other.stream.as_fd(), id as i64, Some(v.as_fd())).is_err() {
+                    broken.push(other.id);
+                    break;
+                }
+            }
+        }
+        info!("peer {id} joined, slot {slot}");
+        for other in &self.peers {
+            ring(other, VECTOR_STATE);
+        }
+        self.peers.push(peer);
+        for b in broken {
+            self.remove_peer(b);
+        }
+    }
+
+    fn greet(&self, peer: &Peer) -> io::Result<()> {
+        let s = peer.stream.as_fd();
+        send_msg(s, PROTOCOL_VERSION, None)?;
+        send_msg(s, peer.id as i64, None)?;
+        send_msg(s, -1, Some(self.shm.as_fd()))?;
+        for other in &self.peers {
+            for v in &other.vectors {
+                send_msg(s, other.id as i64, Some(v.as_fd()))?;
+            }
+        }
+        for v in &peer.vectors {
+            send_msg(s, peer.id as i64, Some(v.as_fd()))?;
+        }
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, id: u32) {
+        let Some(i) = self.peers.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let gone = self.peers.remove(i);
+        let _ = self.v1().set_owner(gone.slot, None);
+        info!("peer {id} left, slot {} free", gone.slot);
+        let mut broken = Vec::new();
+        for other in &self.peers {
+            if send_msg(other.stream.as_fd(), id as i64, None).is_err() {
+                broken.push(other.id);
+            }
+            ring(other, VECTOR_STATE);
+        }
+        for b in broken {
+            self.remove_peer(b);
+        }
+    }
+
+    /// Ids of the connected peers, with their slots.
+    pub fn peers(&self) -> Vec<(u32, usize)> {
+        self.peers.iter().map(|p| (p.id, p.slot)).collect()
+    }
+
+    /// The socket's raw fd (for tests that poll it).
+    pub fn listener_fd(&self) -> i32 {
+        self.listener.as_raw_fd()
+    }
+}
+
+fn ring(p: &Peer, vector: u16) {
+    if let Some(v) = p.vectors.get(vector as usize) {
+        let _ = v.write(1);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+}

@@ -1,0 +1,226 @@
+//! The real server, real UNIX sockets, memfd and eventfds: two host link ends exchange frames
+//! through it; joins, departures and refusals follow the v1 rules.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ivnet_core::state::LinkState;
+use ivnet_core::v1::{V1Region, VECTOR_STATE};
+use ivnet_host::client::{drain_eventfd, Client, ServerEvent};
+use ivnet_host::link::Link;
+use ivnet_host::server::{Server, ServerConfig, ServerError};
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap().unwrap();
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("ivnet-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(tag: &str, size: usize) -> Running {
+    let dir = TempDir::new(tag);
+    let path = dir.0.join("link.sock");
+    let server = Server::new(ServerConfig {
+        socket: path.clone(),
+        size,
+        vectors: 2,
+    })
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = Some(server.spawn(stop.clone()));
+    Running {
+        stop,
+        handle,
+        path,
+        _dir: dir,
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Drives both ends' state machines until both run.
+fn link_up(a: &mut Link, b: &mut Link) {
+    wait_for("both ends RUN", || {
+        a.update_state();
+        b.update_state();
+        a.running() && b.running()
+    });
+    assert!(a.carrier() && b.carrier());
+}
+
+#[test]
+fn setup_messages_follow_qemus_protocol() {
+    let s = start("proto", 1 << 20);
+    let a = Client::connect(&s.path, 2).unwrap();
+    assert_eq!(a.id(), 0);
+    assert!(a.peer_ids().is_empty());
+    assert_eq!(a.mapping().len(), 1 << 20);
+    let mut a = a;
+    let b = Client::connect(&s.path, 2).unwrap();
+    assert_eq!(b.id(), 1);
+    assert_eq!(
+        b.peer_ids(),
+        vec![0],
+        "the newcomer learns the existing peer's vectors"
+    );
+    // The existing peer learns the newcomer's two vectors.
+    assert_eq!(a.handle_message().unwrap(), ServerEvent::PeerVector(1));
+    assert_eq!(a.handle_message().unwrap(), ServerEvent::PeerVector(1));
+    // Ringing works both ways through the eventfds.
+    assert!(b.ring(0, 1));
+    wait_for("a's vector 1", || drain_eventfd(a.vector(1).unwrap()) > 0);
+    assert!(a.ring(1, 0));
+    wait_for("b's vector 0", || drain_eventfd(b.vector(0).unwrap()) > 0);
+    // The owner table names both.
+    let v = V1Region::new(a.mapping().region()).unwrap();
+    assert_eq!(v.slot_of(0).unwrap(), Some(0));
+    assert_eq!(v.slot_of(1).unwrap(), Some(1));
+    drop(b);
+    assert_eq!(a.handle_message().unwrap(), ServerEvent::PeerGone(1));
+    assert_eq!(v.owner(1).unwrap(), None, "a departed peer's slot is freed");
+}
+
+#[test]
+fn ids_only_grow_and_a_third_peer_is_refused() {
+    let s = start("ids", 1 << 20);
+    let a = Client::connect(&s.path, 2).unwrap();
+    let b = Client::connect(&s.path, 2).unwrap();
+    let err = Client::connect(&s.path, 2)
+        .err()
+        .expect("third peer must be refused");
+    assert!(err.to_string().contains("closed the connection"), "{err}");
+    drop(b);
+    // Wait until the server noticed b left, then a newcomer gets a fresh id and b's slot.
+    let v = V1Region::new(a.mapping().region()).unwrap();
+    wait_for("slot 1 freed", || v.owner(1).unwrap().is_none());
+    let c = Client::connect(&s.path, 2).unwrap();
+    assert_eq!(c.id(), 2, "b's id 1 is never handed out again");
+    assert_eq!(v.slot_of(2).unwrap(), Some(1));
+}
+
+#[test]
+fn departure_zeroes_the_slot_and_rings_the_survivor() {
+    let s = start("leave", 1 << 20);
+    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    link_up(&mut a, &mut b);
+    drain_eventfd(a.client().vector(VECTOR_STATE).unwrap());
+    drop(b);
+    // The server rings a's state vector; a follows the vanished peer to RESET.
+    let st = a
+        .client()
+        .vector(VECTOR_STATE)
+        .unwrap()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    wait_for("survivor rung", || drain_eventfd(st.as_fd()) > 0);
+    a.update_state();
+    assert!(!a.carrier());
+    assert!(a.state() <= LinkState::Init);
+    // A new peer joins the freed slot and the link comes back.
+    let mut c = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    assert_eq!(c.slot(), 1);
+    link_up(&mut a, &mut c);
+    assert_eq!(a.stats.carrier_ups, 2);
+}
+
+#[test]
+fn two_links_exchange_frames_both_ways() {
+    let s = start("frames", 1 << 20);
+    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    link_up(&mut a, &mut b);
+    let frame = |i: u32| -> Vec<u8> {
+        let len = 60 + (i as usize * 37) % 1454;
+        (0..len).map(|k| (i as usize + k) as u8).collect()
+    };
+    const N: u32 = 20_000;
+    let (mut sa, mut ra, mut sb, mut rb) = (0u32, 0u32, 0u32, 0u32);
+    let mut buf = vec![0u8; 2048];
+    let t = Instant::now();
+    while ra < N || rb < N {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "stalled at {ra}/{rb}"
+        );
+        while sa < N && a.send(&frame(sa)).unwrap() {
+            sa += 1;
+        }
+        a.flush_tx();
+        while sb < N && b.send(&frame(sb + N)).unwrap() {
+            sb += 1;
+        }
+        b.flush_tx();
+        while let Some(n) = b.recv(&mut buf) {
+            assert_eq!(&buf[..n], &frame(rb)[..], "a->b frame {rb}");
+            rb += 1;
+        }
+        while let Some(n) = a.recv(&mut buf) {
+            assert_eq!(&buf[..n], &frame(ra + N)[..], "b->a frame {ra}");
+            ra += 1;
+        }
+        a.reclaim().unwrap();
+        b.reclaim().unwrap();
+    }
+    assert_eq!((a.stats.protocol_resets, b.stats.protocol_resets), (0, 0));
+    assert_eq!(a.stats.tx_frames, N as u64);
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let dir = TempDir::new("bad");
+    let cfg = |size, socket: PathBuf| ServerConfig {
+        socket,
+        size,
+        vectors: 2,
+    };
+    let e = Server::new(cfg(3 << 20, dir.0.join("s"))).err().unwrap();
+    assert!(matches!(e, ServerError::Size(_)));
+    assert!(e.to_string().contains("not a power of two"), "{e}");
+    let e = Server::new(cfg(0x8000, dir.0.join("s"))).err().unwrap();
+    assert!(e.to_string().contains("too small"), "{e}");
+    let e = Server::new(cfg(1 << 20, dir.0.join("nodir/s")))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let file = dir.0.join("plainfile");
+    std::fs::write(&file, b"x").unwrap();
+    let e = Server::new(cfg(1 << 20, file)).err().unwrap();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    let e = Client::connect(&dir.0.join("nobody"), 2).err().unwrap();
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+}
