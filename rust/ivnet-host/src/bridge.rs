@@ -51,7 +51,10 @@ pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
         if sock_ev {
             link.handle_server_message()?;
         }
-        if st_ev {
+        if st_ev || !link.running() {
+            // Also re-check while the link is not running: a doorbell rung at a peer whose
+            // eventfds the ringer did not know yet is lost (in QEMU as here), and only a look
+            // at the state words notices what it was meant to announce.
             drain_eventfd(link.client().vector(VECTOR_STATE).expect("state vector"));
             link.update_state();
         }

@@ -39,6 +39,10 @@ pub struct Link {
     state: LinkState,
     up: bool,
     carrier: bool,
+    /// Vectors rung while the peer's eventfds were not known yet (bit per vector): the peer
+    /// announced itself in the owner table before the server's message with its eventfds
+    /// reached us. Delivered when they arrive.
+    pending_rings: u32,
     /// Counters.
     pub stats: Stats,
 }
@@ -83,6 +87,7 @@ impl Link {
             state: LinkState::Reset,
             up: true,
             carrier: false,
+            pending_rings: 0,
             stats: Stats::default(),
         };
         link.publish_state(LinkState::Reset);
@@ -128,6 +133,17 @@ impl Link {
         if let Some(p) = self.peer_id() {
             if self.client.ring(p, v) {
                 self.stats.doorbells += 1;
+            } else {
+                self.pending_rings |= 1 << v;
+            }
+        }
+    }
+
+    fn deliver_pending_rings(&mut self) {
+        let pending = std::mem::take(&mut self.pending_rings);
+        for v in 0..32u16 {
+            if pending & (1 << v) != 0 {
+                self.ring(v);
             }
         }
     }
@@ -207,7 +223,13 @@ impl Link {
                 io::ErrorKind::ConnectionAborted,
                 "the ivshmem server closed the connection",
             )),
-            ServerEvent::PeerGone(_) | ServerEvent::PeerVector(_) => {
+            ServerEvent::PeerGone(_) => {
+                self.pending_rings = 0;
+                self.update_state();
+                Ok(())
+            }
+            ServerEvent::PeerVector(_) => {
+                self.deliver_pending_rings();
                 self.update_state();
                 Ok(())
             }
