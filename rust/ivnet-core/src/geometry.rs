@@ -40,6 +40,13 @@ pub enum GeometryError {
         /// The peer's section's size.
         peer: usize,
     },
+    /// The transmit bookkeeping table offered is shorter than the queue.
+    SlotTableTooSmall {
+        /// Entries needed (the queue length).
+        need: usize,
+        /// Entries offered.
+        have: usize,
+    },
     /// The section is larger than a 32-bit descriptor offset scheme supports here.
     SectionTooLarge {
         /// The size that was offered.
@@ -56,6 +63,9 @@ impl core::fmt::Display for GeometryError {
             ),
             GeometryError::SectionSizeMismatch { own, peer } => {
                 write!(f, "own output section has {own} bytes but the peer's has {peer}")
+            }
+            GeometryError::SlotTableTooSmall { need, have } => {
+                write!(f, "transmit table has {have} entries, the queue needs {need}")
             }
             GeometryError::SectionTooLarge { size } => {
                 write!(f, "output section of {size} bytes is larger than 4 GiB")

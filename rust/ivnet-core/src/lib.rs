@@ -16,8 +16,8 @@
 //! use ivnet_core::{queue::Queues, testmem::TestMem};
 //! let size = 0x7f000;
 //! let (a, b) = (TestMem::new(size), TestMem::new(size));
-//! let mut left = Queues::new(a.region(), b.region()).unwrap();
-//! let mut right = Queues::new(b.region(), a.region()).unwrap();
+//! let mut left = Queues::new(a.region(), b.region(), vec![0u32; 2048]).unwrap();
+//! let mut right = Queues::new(b.region(), a.region(), vec![0u32; 2048]).unwrap();
 //! left.reset().unwrap();
 //! right.reset().unwrap();
 //! assert!(left.tx.send(&[0xab; 60]).unwrap());

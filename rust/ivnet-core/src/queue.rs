@@ -21,7 +21,7 @@ use core::num::Wrapping;
 use core::sync::atomic::{fence, Ordering};
 
 use crate::error::ProtocolError;
-use crate::geometry::{frame_slot_size, Geometry, MAX_QLEN};
+use crate::geometry::{frame_slot_size, Geometry};
 use crate::shm::Region;
 
 /// Shortest frame accepted from a peer: an Ethernet header.
@@ -70,8 +70,15 @@ impl TxSlot {
     }
 }
 
+/// Storage for the transmit queue's per-descriptor bookkeeping (one `u32` per queue entry):
+/// any mutable slice of at least `qlen` entries, e.g. a `Vec<u32>` or a `&'static mut [u32]`.
+/// Kept outside the queue so that the queue itself is small (no large stack temporaries in a
+/// driver's init path).
+pub trait SlotTable: AsRef<[u32]> + AsMut<[u32]> {}
+impl<T: AsRef<[u32]> + AsMut<[u32]>> SlotTable for T {}
+
 /// Our transmit queue: descriptors and avail ring in our section, the peer's used ring.
-pub struct TxQueue {
+pub struct TxQueue<S> {
     own: Region,
     peer: Region,
     g: Geometry,
@@ -86,11 +93,11 @@ pub struct TxQueue {
     head: usize,
     tail: usize,
     /// Start (relative to the data area) of the slot each in-flight descriptor uses.
-    slot_start: [u32; MAX_QLEN as usize],
+    slot_start: S,
 }
 
-impl TxQueue {
-    fn new(own: Region, peer: Region, g: Geometry) -> Self {
+impl<S: SlotTable> TxQueue<S> {
+    fn new(own: Region, peer: Region, g: Geometry, slot_start: S) -> Self {
         TxQueue {
             own,
             peer,
@@ -101,7 +108,7 @@ impl TxQueue {
             in_flight: 0,
             head: 0,
             tail: 0,
-            slot_start: [0; MAX_QLEN as usize],
+            slot_start,
         }
     }
 
@@ -144,7 +151,7 @@ impl TxQueue {
             self.tail = if self.in_flight == 0 {
                 self.head
             } else {
-                self.slot_start[((expected + 1) & mask) as usize] as usize
+                self.slot_start.as_ref()[((expected + 1) & mask) as usize] as usize
             };
         }
         Ok(n)
@@ -207,7 +214,7 @@ impl TxQueue {
         if self.in_flight == 0 {
             self.tail = rel;
         }
-        self.slot_start[slot.id as usize] = rel as u32;
+        self.slot_start.as_mut()[slot.id as usize] = rel as u32;
         self.head = rel + slot.size;
         self.added += 1;
         self.in_flight += 1;
@@ -381,19 +388,24 @@ impl RxQueue {
 }
 
 /// Both queues of one link, over our output section and the peer's.
-pub struct Queues {
+pub struct Queues<S> {
     /// Frames we send.
-    pub tx: TxQueue,
+    pub tx: TxQueue<S>,
     /// Frames we receive.
     pub rx: RxQueue,
     own: Region,
     g: Geometry,
 }
 
-impl Queues {
-    /// Builds the queues over two sections of equal size. Fails when the sections differ in
-    /// size or cannot carry the protocol.
-    pub fn new(own: Region, peer: Region) -> Result<Self, crate::geometry::GeometryError> {
+impl<S: SlotTable> Queues<S> {
+    /// Builds the queues over two sections of equal size, with `slots` (at least
+    /// [`Queues::slots_needed`] entries) for the transmit bookkeeping. Fails when the sections
+    /// differ in size, cannot carry the protocol, or `slots` is too short.
+    pub fn new(
+        own: Region,
+        peer: Region,
+        slots: S,
+    ) -> Result<Self, crate::geometry::GeometryError> {
         let g = Geometry::for_section(own.len())?;
         if peer.len() != own.len() {
             return Err(crate::geometry::GeometryError::SectionSizeMismatch {
@@ -401,12 +413,24 @@ impl Queues {
                 peer: peer.len(),
             });
         }
+        if slots.as_ref().len() < g.qlen as usize {
+            return Err(crate::geometry::GeometryError::SlotTableTooSmall {
+                need: g.qlen as usize,
+                have: slots.as_ref().len(),
+            });
+        }
         Ok(Queues {
-            tx: TxQueue::new(own, peer, g),
+            tx: TxQueue::new(own, peer, g, slots),
             rx: RxQueue::new(own, peer, g),
             own,
             g,
         })
+    }
+
+    /// Entries of transmit bookkeeping a section of `section_size` bytes needs (its queue
+    /// length), or 0 when the section cannot carry the protocol.
+    pub fn slots_needed(section_size: usize) -> usize {
+        Geometry::for_section(section_size).map_or(0, |g| g.qlen as usize)
     }
 
     /// The layout both queues use.
@@ -428,20 +452,22 @@ impl Queues {
 mod tests {
     use super::*;
     use crate::testmem::TestMem;
+    use std::vec;
+    use std::vec::Vec;
 
     const SEC: usize = 0x7f000;
 
     struct Pair {
         _a: TestMem,
         _b: TestMem,
-        left: Queues,
-        right: Queues,
+        left: Queues<Vec<u32>>,
+        right: Queues<Vec<u32>>,
     }
 
     fn pair(size: usize) -> Pair {
         let (a, b) = (TestMem::new(size), TestMem::new(size));
-        let mut left = Queues::new(a.region(), b.region()).unwrap();
-        let mut right = Queues::new(b.region(), a.region()).unwrap();
+        let mut left = Queues::new(a.region(), b.region(), vec![0; 4096]).unwrap();
+        let mut right = Queues::new(b.region(), a.region(), vec![0; 4096]).unwrap();
         left.reset().unwrap();
         right.reset().unwrap();
         Pair {
@@ -598,7 +624,7 @@ mod tests {
     }
 
     /// Raw pokes into the sending side's section, as a misbehaving peer would make them.
-    fn poke16(q: &Queues, off: usize, v: u16) {
+    fn poke16(q: &Queues<Vec<u32>>, off: usize, v: u16) {
         q.own.write_u16(off, v).unwrap();
     }
 
@@ -721,6 +747,14 @@ mod tests {
     #[test]
     fn mismatched_sections_are_refused() {
         let (a, b) = (TestMem::new(SEC), TestMem::new(0x3f000));
-        assert!(Queues::new(a.region(), b.region()).is_err());
+        assert!(Queues::new(a.region(), b.region(), vec![0; 4096]).is_err());
+        let b = TestMem::new(SEC);
+        assert_eq!(
+            Queues::new(a.region(), b.region(), vec![0; 100]).err(),
+            Some(crate::geometry::GeometryError::SlotTableTooSmall {
+                need: 2048,
+                have: 100
+            })
+        );
     }
 }

@@ -17,7 +17,7 @@ proptest! {
         sends in 0usize..8,
     ) {
         let (a, b) = (TestMem::new(SEC), TestMem::new(SEC));
-        let mut me = Queues::new(a.region(), b.region()).unwrap();
+        let mut me = Queues::new(a.region(), b.region(), vec![0u32; 64]).unwrap();
         me.reset().unwrap();
         let g = Geometry::for_section(SEC).unwrap();
         for _ in 0..sends {

@@ -35,7 +35,7 @@ pub struct Link {
     client: Client,
     v1: V1Region,
     slot: usize,
-    queues: Queues,
+    queues: Queues<Vec<u32>>,
     state: LinkState,
     up: bool,
     carrier: bool,
@@ -78,7 +78,8 @@ impl Link {
         let peer = v1
             .section(1 - slot)
             .map_err(|e| invalid(format!("{e:?}")))?;
-        let queues = Queues::new(own, peer).map_err(|e| invalid(e.to_string()))?;
+        let slots = vec![0u32; Queues::<Vec<u32>>::slots_needed(own.len())];
+        let queues = Queues::new(own, peer, slots).map_err(|e| invalid(e.to_string()))?;
         let link = Link {
             client,
             v1,

@@ -1,0 +1,87 @@
+//! Generates the Zephyr bindings (bindgen) and the C shim's header (cbindgen).
+//!
+//! Run by cargo from the module's CMake, which passes the build's include directories and
+//! definitions (INCLUDE_DIRS, INCLUDE_DEFINES) and where to put the outputs
+//! (IVNET_WRAPPER_FILE: C wrappers for static inline functions; IVNET_HEADER_FILE: the header).
+
+use std::env;
+use std::path::PathBuf;
+
+fn var(name: &str) -> String {
+    println!("cargo:rerun-if-env-changed={name}");
+    env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: this crate is built by the ivnet Zephyr module's CMake (west build)")
+    })
+}
+
+fn main() {
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let target = env::var("TARGET").unwrap();
+    let includes = var("INCLUDE_DIRS");
+    let defines = var("INCLUDE_DEFINES");
+    let wrapper_c = PathBuf::from(var("IVNET_WRAPPER_FILE"));
+    let header = PathBuf::from(var("IVNET_HEADER_FILE"));
+    let shim_dir = crate_dir.join("../../drivers/ethernet");
+    println!("cargo:rerun-if-changed=wrapper.h");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!(
+        "cargo:rerun-if-changed={}",
+        shim_dir.join("eth_ivnet.h").display()
+    );
+    println!("cargo:rerun-if-changed=src");
+
+    let mut b = bindgen::Builder::default()
+        .header(crate_dir.join("wrapper.h").to_str().unwrap())
+        .use_core()
+        .ctypes_prefix("core::ffi")
+        .clang_arg(format!("--target={target}"))
+        .clang_arg(format!("-I{}", shim_dir.display()))
+        .clang_arg("-DRUST_BINDGEN");
+    for i in includes.split([';', ' ']).filter(|s| !s.is_empty()) {
+        b = b.clang_arg(format!("-I{i}"));
+    }
+    for d in defines.split([';', ' ']).filter(|s| !s.is_empty()) {
+        b = b.clang_arg(format!("-D{d}"));
+    }
+    let bindings = b
+        .wrap_static_fns(true)
+        .wrap_static_fns_path(wrapper_c.with_extension(""))
+        .wrap_static_fns_suffix("__ivnet")
+        .derive_default(true)
+        .layout_tests(false)
+        .allowlist_function("net_pkt_(rx_alloc_with_buffer|read|write|cursor_init|unref|get_len)")
+        .allowlist_function("net_recv_data")
+        .allowlist_function("net_if_(carrier_off|set_link_addr|get_device)")
+        .allowlist_function("net_eth_carrier_(on|off)")
+        .allowlist_function("ethernet_init")
+        .allowlist_function("ivshmem_(get_mem|get_id|get_vectors|int_peer|register_handler)")
+        .allowlist_function("k_poll|k_poll_event_init|k_poll_signal_(init|raise|reset)")
+        .allowlist_function("k_sem_(init|give|take)")
+        .allowlist_function("k_thread_(create|name_set)")
+        .allowlist_function("k_spin_(lock|unlock)")
+        .allowlist_function("k_(aligned_alloc|free)")
+        .allowlist_function("k_fatal_halt")
+        .allowlist_function("sys_rand_get")
+        .allowlist_function("device_is_ready")
+        .allowlist_function("ivnet_log")
+        .allowlist_type("ivnet_(config|data)")
+        .allowlist_type("ethernet_hw_caps|ethernet_config_type|ethernet_config")
+        .allowlist_var("IVNET_.*")
+        .allowlist_var("ETHERNET_.*")
+        .allowlist_var("NET_LINK_ETHERNET")
+        .allowlist_var("K_POLL_.*")
+        .allowlist_var("E(NOBUFS|NETDOWN|NOMEM|IO|INVAL|MSGSIZE|NODEV|NOTSUP|AGAIN)")
+        .generate()
+        .expect("bindgen failed on the Zephyr headers");
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("writing bindings.rs");
+
+    cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap())
+        .generate()
+        .expect("cbindgen failed")
+        .write_to_file(&header);
+}

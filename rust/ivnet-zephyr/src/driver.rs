@@ -1,0 +1,708 @@
+//! The ivshmem-net Ethernet driver: device init, the link thread, receive and send.
+//!
+//! One [`Driver`] per devicetree instance, allocated once at init and never moved (the kernel
+//! holds pointers to its poll signal and semaphore). Queue state lives in a
+//! `critical_section::Mutex` shared by the link thread (state machine, receive) and the
+//! network stack's TX thread (send).
+
+use core::cell::{RefCell, UnsafeCell};
+use core::ffi::{c_int, c_void};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+use critical_section::Mutex;
+use ivnet_core::queue::{Queues, RxFrame};
+use ivnet_core::shm::Region;
+use ivnet_core::state::{settle, LinkState};
+use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
+use ivnet_core::ProtocolError;
+
+use crate::log::{dbg, err, inf, wrn};
+use crate::sys::{self, device, k_poll_event, k_poll_signal, k_sem, net_if, net_pkt};
+
+/// Largest frame handed to the stack: MTU plus Ethernet header plus one VLAN tag.
+fn max_frame() -> usize {
+    sys::IVNET_MTU as usize + 18
+}
+
+/// Counters, readable from a debugger or the shell later.
+#[derive(Default, Clone, Copy)]
+pub struct Stats {
+    pub rx_frames: u32,
+    pub tx_frames: u32,
+    pub rx_dropped: u32,
+    pub tx_dropped: u32,
+    pub tx_waits: u32,
+    pub protocol_resets: u32,
+}
+
+/// Link state shared by the link thread and send().
+struct Link {
+    ctl: V1Region,
+    slot: usize,
+    queues: Queues<&'static mut [u32]>,
+    state: LinkState,
+    /// The interface is administratively up (start/stop).
+    up: bool,
+    /// Bumped on every queue reset: a frame polled before a reset is not completed after it.
+    generation: u32,
+    /// send() is waiting for ring space.
+    tx_waiting: bool,
+    stats: Stats,
+}
+
+/// What the link thread must do after a state update, outside the critical section.
+#[derive(Default)]
+struct Effects {
+    ring_state: bool,
+    carrier: Option<bool>,
+    entered_run: bool,
+}
+
+impl Link {
+    fn peer_id(&self) -> Option<u32> {
+        self.ctl.owner(1 - self.slot).ok().flatten()
+    }
+
+    fn update(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        let before = self.state;
+        let ctl = self.ctl;
+        let slot = self.slot;
+        let queues = &mut self.queues;
+        let generation = &mut self.generation;
+        let peer = || {
+            if ctl.owner(1 - slot)?.is_none() {
+                return Ok(LinkState::Reset);
+            }
+            LinkState::from_raw(ctl.state(1 - slot)?)
+        };
+        let r = settle(self.state, self.up, peer, |_, t| {
+            if t.reset_queues {
+                queues.reset()?;
+                *generation = generation.wrapping_add(1);
+            }
+            ctl.set_state(slot, t.next.raw())?;
+            fx.ring_state = true;
+            if t.carrier.is_some() {
+                fx.carrier = t.carrier;
+            }
+            Ok::<(), ProtocolError>(())
+        });
+        match r {
+            Ok(s) => self.state = s,
+            Err(e) => return self.protocol_reset(e),
+        }
+        if self.state == LinkState::Run && before != LinkState::Run {
+            fx.entered_run = true;
+            let _ = self.queues.rx.enable_notify();
+        }
+        if before != self.state {
+            dbg!("link: {:?} -> {:?}", before, self.state);
+        }
+        fx
+    }
+
+    fn protocol_reset(&mut self, e: ProtocolError) -> Effects {
+        err!(
+            "peer broke the ivshmem-net protocol, resetting the link: {}",
+            e
+        );
+        self.stats.protocol_resets += 1;
+        self.state = LinkState::Reset;
+        let _ = self.ctl.set_state(self.slot, LinkState::Reset.raw());
+        Effects {
+            ring_state: true,
+            carrier: Some(false),
+            entered_run: false,
+        }
+    }
+}
+
+/// One driver instance.
+pub struct Driver {
+    cfg: &'static sys::ivnet_config,
+    iface: AtomicPtr<net_if>,
+    signal: UnsafeCell<k_poll_signal>,
+    tx_room: UnsafeCell<k_sem>,
+    link: Mutex<RefCell<Link>>,
+    mac: [u8; 6],
+    carrier: AtomicU32,
+}
+
+// SAFETY: the kernel objects are used only through kernel calls made for concurrent use; the
+// link state is behind a critical-section mutex; the rest is immutable after init.
+unsafe impl Sync for Driver {}
+
+/// The driver of `dev` (null before init succeeded).
+///
+/// # Safety
+/// `dev` must be a device defined by the C shim (its data is a `struct ivnet_data`).
+unsafe fn driver_of(dev: *const device) -> Option<&'static Driver> {
+    // SAFETY: per the contract, `data` points to this instance's ivnet_data, and `driver` is
+    // either null or the Driver allocated in `init`, which lives forever.
+    unsafe {
+        let data = (*dev).data as *const sys::ivnet_data;
+        ((*data).driver as *const Driver).as_ref()
+    }
+}
+
+fn mac_for(cfg: &sys::ivnet_config, id: u32) -> [u8; 6] {
+    if !cfg.random_mac && cfg.mac != [0; 6] {
+        return cfg.mac;
+    }
+    let mut r = [0u8; 3];
+    // SAFETY: `r` is a valid buffer of 3 bytes.
+    unsafe { sys::sys_rand_get(r.as_mut_ptr().cast(), r.len()) };
+    // Locally administered, unicast; the low byte is the ivshmem id, so the two ends of a link
+    // (whose ids differ) never share a MAC even if their random bytes agree.
+    [0x02, 0x1e, r[0], r[1], r[2], id as u8]
+}
+
+/// Device init: find the link in the shared memory, set up queues and the link thread.
+///
+/// # Safety
+/// `dev` must be a device defined by the C shim.
+pub unsafe fn init(dev: *const device) -> c_int {
+    // SAFETY: the shim defines config as a static ivnet_config.
+    let cfg: &'static sys::ivnet_config = unsafe { &*((*dev).config as *const sys::ivnet_config) };
+    let ivshmem = cfg.ivshmem;
+    // SAFETY: ivshmem is a device pointer from DEVICE_DT_GET.
+    if !unsafe { sys::device_is_ready(ivshmem) } {
+        err!(
+            "ivnet{}: ivshmem device not ready (no ivshmem PCI device, or no server?)",
+            cfg.instance
+        );
+        return -(sys::ENODEV as c_int);
+    }
+    let mut addr: usize = 0;
+    // SAFETY: ivshmem is ready; addr is a valid out pointer.
+    let size = unsafe { sys::ivshmem_get_mem(ivshmem, &mut addr) };
+    // SAFETY: as above.
+    let id = unsafe { sys::ivshmem_get_id(ivshmem) };
+    // SAFETY: as above.
+    let vectors = unsafe { sys::ivshmem_get_vectors(ivshmem) };
+    if size == 0 || addr == 0 {
+        err!("ivnet{}: ivshmem has no shared memory", cfg.instance);
+        return -(sys::ENODEV as c_int);
+    }
+    if vectors < 2 {
+        err!(
+            "ivnet{}: ivshmem has {} interrupt vectors, ivshmem-net needs 2 (ivshmem-doorbell,vectors=2)",
+            cfg.instance,
+            vectors
+        );
+        return -(sys::ENOTSUP as c_int);
+    }
+    // SAFETY: ivshmem_get_mem returned a mapping of `size` bytes at `addr` that stays mapped
+    // for the life of the system; only Region accessors touch it.
+    let region = unsafe { Region::new(addr as *mut u8, size) };
+    let ctl = match V1Region::new(region) {
+        Ok(c) => c,
+        Err(e) => {
+            err!("ivnet{}: {}", cfg.instance, e);
+            return -(sys::EINVAL as c_int);
+        }
+    };
+    let slot = match ctl.slot_of(id) {
+        Ok(Some(s)) => s,
+        _ => {
+            err!(
+                "ivnet{}: ivshmem id {} owns no slot in the control page: is the link served by the ivnet server?",
+                cfg.instance,
+                id
+            );
+            return -(sys::EIO as c_int);
+        }
+    };
+    let (own, peer) = match (ctl.section(slot), ctl.section(1 - slot)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return -(sys::EINVAL as c_int),
+    };
+    // The transmit bookkeeping (one u32 per queue entry) lives on the kernel heap, like the
+    // driver object: neither may be built on the small init stack.
+    let n = Queues::<&mut [u32]>::slots_needed(own.len());
+    // SAFETY: plain allocation from the kernel heap; checked for null below.
+    let table = unsafe { sys::k_aligned_alloc(4, 4 * n) } as *mut u32;
+    if table.is_null() {
+        err!(
+            "ivnet{}: out of heap for the queue table ({} bytes)",
+            cfg.instance,
+            4 * n
+        );
+        return -(sys::ENOMEM as c_int);
+    }
+    // SAFETY: `table` is a fresh allocation of n u32s, zeroed here, never freed (the device
+    // lives as long as the system), and only this driver instance uses it.
+    let slots: &'static mut [u32] = unsafe {
+        ptr::write_bytes(table, 0, n);
+        core::slice::from_raw_parts_mut(table, n)
+    };
+    let queues = match Queues::new(own, peer, slots) {
+        Ok(q) => q,
+        Err(e) => {
+            err!("ivnet{}: {}", cfg.instance, e);
+            return -(sys::EINVAL as c_int);
+        }
+    };
+    let _ = ctl.set_state(slot, LinkState::Reset.raw());
+    let qlen = queues.geometry().qlen;
+
+    // SAFETY: plain allocation from the kernel heap; checked for null below.
+    let mem = unsafe {
+        sys::k_aligned_alloc(
+            core::mem::align_of::<Driver>(),
+            core::mem::size_of::<Driver>(),
+        )
+    } as *mut Driver;
+    if mem.is_null() {
+        err!(
+            "ivnet{}: out of heap for the driver ({} bytes)",
+            cfg.instance,
+            core::mem::size_of::<Driver>()
+        );
+        return -(sys::ENOMEM as c_int);
+    }
+    let drv = Driver {
+        cfg,
+        iface: AtomicPtr::new(ptr::null_mut()),
+        // SAFETY: kernel objects are plain C structs initialised below by their init calls.
+        signal: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+        // SAFETY: as above.
+        tx_room: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+        link: Mutex::new(RefCell::new(Link {
+            ctl,
+            slot,
+            queues,
+            state: LinkState::Reset,
+            up: false,
+            generation: 0,
+            tx_waiting: false,
+            stats: Stats::default(),
+        })),
+        mac: mac_for(cfg, id),
+        carrier: AtomicU32::new(0),
+    };
+    // SAFETY: `mem` is a fresh, aligned allocation big enough for a Driver.
+    unsafe { mem.write(drv) };
+    // SAFETY: just initialised; it is never freed or moved.
+    let d: &'static Driver = unsafe { &*mem };
+    // SAFETY: the signal and semaphore live inside the never-moving Driver; the ivshmem
+    // device keeps the signal pointer for its ISR.
+    unsafe {
+        sys::k_poll_signal_init(d.signal.get());
+        sys::k_sem_init(d.tx_room.get(), 0, 1);
+        for v in [VECTOR_STATE, VECTOR_DATA] {
+            let r = sys::ivshmem_register_handler(ivshmem, d.signal.get(), v);
+            if r != 0 {
+                err!(
+                    "ivnet{}: cannot register doorbell vector {}: {}",
+                    cfg.instance,
+                    v,
+                    r
+                );
+                return r;
+            }
+        }
+        let data = (*dev).data as *mut sys::ivnet_data;
+        (*data).driver = mem as *mut c_void;
+        let tid = sys::k_thread_create(
+            cfg.thread,
+            cfg.stack,
+            cfg.stack_size,
+            Some(thread_main),
+            mem as *mut c_void,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            sys::IVNET_THREAD_PRIORITY as c_int,
+            0,
+            sys::NO_WAIT,
+        );
+        sys::k_thread_name_set(tid, c"ivnet".as_ptr());
+    }
+    inf!(
+        "ivnet{}: ivshmem id {}, slot {}, {} KiB shared, queue {} entries, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        cfg.instance, id, slot, size / 1024, qlen,
+        d.mac[0], d.mac[1], d.mac[2], d.mac[3], d.mac[4], d.mac[5]
+    );
+    0
+}
+
+impl Driver {
+    fn raise(&self) {
+        // SAFETY: the signal was initialised in init.
+        unsafe { sys::k_poll_signal_raise(self.signal.get(), 0) };
+    }
+
+    fn ring(&self, peer: Option<u32>, vector: u16) {
+        if let Some(p) = peer {
+            // SAFETY: ivshmem device pointer from the config.
+            unsafe { sys::ivshmem_int_peer(self.cfg.ivshmem, p, vector) };
+        }
+    }
+
+    fn set_carrier(&self, iface: *mut net_if, on: bool) {
+        if self.carrier.swap(on as u32, Ordering::Relaxed) == on as u32 {
+            return;
+        }
+        // SAFETY: iface is the interface the stack gave us in iface_init.
+        unsafe {
+            if on {
+                sys::net_eth_carrier_on(iface);
+            } else {
+                sys::net_eth_carrier_off(iface);
+            }
+        }
+        inf!(
+            "ivnet{}: carrier {}",
+            self.cfg.instance,
+            if on { "on" } else { "off" }
+        );
+    }
+
+    fn apply(&self, iface: *mut net_if, fx: Effects, peer: Option<u32>) {
+        if fx.ring_state {
+            self.ring(peer, VECTOR_STATE);
+        }
+        if let Some(c) = fx.carrier {
+            self.set_carrier(iface, c);
+        }
+    }
+
+    /// One round of the link thread: follow the state, receive, wake a waiting sender.
+    fn round(&self, iface: *mut net_if) -> bool {
+        let (fx, peer, running) = critical_section::with(|cs| {
+            let mut l = self.link.borrow_ref_mut(cs);
+            let fx = l.update();
+            (fx, l.peer_id(), l.state == LinkState::Run)
+        });
+        let entered = fx.entered_run;
+        self.apply(iface, fx, peer);
+        if !running {
+            self.wake_sender();
+            return false;
+        }
+        let more = self.receive(iface);
+        self.wake_sender();
+        more || entered
+    }
+
+    fn wake_sender(&self) {
+        let wake = critical_section::with(|cs| {
+            let mut l = self.link.borrow_ref_mut(cs);
+            if !l.tx_waiting {
+                return false;
+            }
+            if l.state == LinkState::Run {
+                if let Err(e) = l.queues.tx.reclaim() {
+                    let _ = l.protocol_reset(e);
+                }
+            }
+            true
+        });
+        if wake {
+            // SAFETY: initialised in init.
+            unsafe { sys::k_sem_give(self.tx_room.get()) };
+        }
+    }
+
+    /// Receives up to the budget; returns true when more frames are waiting.
+    fn receive(&self, iface: *mut net_if) -> bool {
+        let budget = sys::IVNET_RX_BUDGET;
+        for _ in 0..budget {
+            let polled = critical_section::with(|cs| {
+                let mut l = self.link.borrow_ref_mut(cs);
+                if l.state != LinkState::Run {
+                    return Ok(None);
+                }
+                match l.queues.rx.poll() {
+                    Ok(Some(f)) => Ok(Some((
+                        f,
+                        l.queues.rx.region().ptr_range(f.offset, f.len),
+                        l.generation,
+                    ))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err((l.protocol_reset(e), l.peer_id())),
+                }
+            });
+            let (frame, ptr, generation) = match polled {
+                Ok(Some(x)) => x,
+                Ok(None) => return self.finish_rx(iface, false),
+                Err((fx, peer)) => {
+                    self.apply(iface, fx, peer);
+                    return false;
+                }
+            };
+            let pkt = match ptr {
+                Ok(p) => self.to_pkt(iface, frame, p),
+                Err(_) => None,
+            };
+            let completed = critical_section::with(|cs| {
+                let mut l = self.link.borrow_ref_mut(cs);
+                if l.generation != generation || l.state != LinkState::Run {
+                    return false;
+                }
+                if l.queues.rx.complete(frame).is_err() {
+                    return false;
+                }
+                if pkt.is_some() {
+                    l.stats.rx_frames += 1;
+                } else {
+                    l.stats.rx_dropped += 1;
+                }
+                true
+            });
+            if let Some(pkt) = pkt {
+                if !completed {
+                    // SAFETY: we own pkt; the link was reset under it.
+                    unsafe { sys::net_pkt_unref(pkt) };
+                    return false;
+                }
+                // SAFETY: iface and pkt are valid; on error we still own pkt.
+                if unsafe { sys::net_recv_data(iface, pkt) } < 0 {
+                    // SAFETY: see above.
+                    unsafe { sys::net_pkt_unref(pkt) };
+                }
+            }
+        }
+        self.finish_rx(iface, true)
+    }
+
+    /// Publishes completions (ringing the peer if it asked); re-arms the doorbell when the
+    /// ring is empty. Returns whether frames are waiting.
+    fn finish_rx(&self, iface: *mut net_if, budget_used: bool) -> bool {
+        let (ring, more, fx, peer) = critical_section::with(|cs| {
+            let mut l = self.link.borrow_ref_mut(cs);
+            let peer = l.peer_id();
+            if l.state != LinkState::Run {
+                return (false, false, None, peer);
+            }
+            let ring = match l.queues.rx.publish() {
+                Ok(r) => r,
+                Err(e) => return (false, false, Some(l.protocol_reset(e)), peer),
+            };
+            let more = if budget_used {
+                true
+            } else {
+                l.queues.rx.enable_notify().unwrap_or(false)
+            };
+            (ring, more, None, peer)
+        });
+        if ring {
+            self.ring(peer, VECTOR_DATA);
+        }
+        if let Some(fx) = fx {
+            self.apply(iface, fx, peer);
+        }
+        more
+    }
+
+    /// Copies one frame out of shared memory into a fresh net_pkt, or drops it.
+    fn to_pkt(&self, iface: *mut net_if, f: RxFrame, src: *mut u8) -> Option<*mut net_pkt> {
+        if f.len > max_frame() {
+            wrn!(
+                "ivnet{}: dropping a {}-byte frame (MTU 1500)",
+                self.cfg.instance,
+                f.len
+            );
+            return None;
+        }
+        // SAFETY: iface is valid; the allocation may fail (null), which we handle.
+        let pkt = unsafe {
+            sys::net_pkt_rx_alloc_with_buffer(
+                iface,
+                f.len,
+                sys::IVNET_AF_UNSPEC as _,
+                0,
+                sys::msec(100),
+            )
+        };
+        if pkt.is_null() {
+            dbg!("ivnet{}: no RX buffer, frame dropped", self.cfg.instance);
+            return None;
+        }
+        // SAFETY: `src` is a checked range of f.len bytes in the peer's section, which the
+        // peer may not reuse before we complete the frame.
+        if unsafe { sys::net_pkt_write(pkt, src as *const c_void, f.len) } < 0 {
+            // SAFETY: we own pkt.
+            unsafe { sys::net_pkt_unref(pkt) };
+            return None;
+        }
+        Some(pkt)
+    }
+
+    /// send(): copies the frame into a ring slot, waiting for room (back-pressure) up to
+    /// CONFIG_ETH_IVNET_TX_WAIT_MS.
+    fn send(&self, pkt: *mut net_pkt) -> c_int {
+        // SAFETY: pkt is valid for the call (the stack owns it).
+        let len = unsafe { sys::net_pkt_get_len(pkt) };
+        if len == 0 || len > max_frame() {
+            return -(sys::EMSGSIZE as c_int);
+        }
+        let wait_ms = sys::IVNET_TX_WAIT_MS;
+        let mut waited = 0u32;
+        loop {
+            let r = critical_section::with(|cs| {
+                let mut l = self.link.borrow_ref_mut(cs);
+                let peer = l.peer_id();
+                if l.state != LinkState::Run {
+                    return Err(-(sys::ENETDOWN as c_int));
+                }
+                if let Err(e) = l.queues.tx.reclaim() {
+                    let _ = l.protocol_reset(e);
+                    return Err(-(sys::EIO as c_int));
+                }
+                let Some(slot) = l.queues.tx.reserve(len) else {
+                    l.tx_waiting = true;
+                    let _ = l.queues.tx.request_completion_notify();
+                    return Ok(None);
+                };
+                let Ok(dst) = l.queues.tx.region().ptr_range(slot.offset, len) else {
+                    return Err(-(sys::EIO as c_int));
+                };
+                // SAFETY: dst is a checked range of `len` bytes in our own section, reserved
+                // for this frame; pkt holds `len` bytes.
+                let rd = unsafe {
+                    sys::net_pkt_cursor_init(pkt);
+                    sys::net_pkt_read(pkt, dst as *mut c_void, len)
+                };
+                if rd < 0 {
+                    return Err(rd);
+                }
+                if let Err(e) = l.queues.tx.push(slot) {
+                    let _ = l.protocol_reset(e);
+                    return Err(-(sys::EIO as c_int));
+                }
+                l.tx_waiting = false;
+                l.stats.tx_frames += 1;
+                match l.queues.tx.publish() {
+                    Ok(ring) => Ok(Some(if ring { peer } else { None })),
+                    Err(e) => {
+                        let _ = l.protocol_reset(e);
+                        Err(-(sys::EIO as c_int))
+                    }
+                }
+            });
+            match r {
+                Ok(Some(peer)) => {
+                    self.ring(peer, VECTOR_DATA);
+                    return 0;
+                }
+                Ok(None) => {
+                    if waited >= wait_ms {
+                        critical_section::with(|cs| {
+                            let mut l = self.link.borrow_ref_mut(cs);
+                            l.tx_waiting = false;
+                            l.stats.tx_dropped += 1;
+                        });
+                        return -(sys::ENOBUFS as c_int);
+                    }
+                    critical_section::with(|cs| self.link.borrow_ref_mut(cs).stats.tx_waits += 1);
+                    // The link thread gives the semaphore after the peer's completion doorbell.
+                    // SAFETY: initialised in init.
+                    unsafe { sys::k_sem_take(self.tx_room.get(), sys::msec(10)) };
+                    waited += 10;
+                }
+                Err(e) => {
+                    if e == -(sys::EIO as c_int) {
+                        self.raise();
+                    }
+                    return e;
+                }
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void) {
+    // SAFETY: p1 is the Driver allocated in init, which lives forever.
+    let d: &'static Driver = unsafe { &*(p1 as *const Driver) };
+    // SAFETY: k_poll_event is a plain C struct initialised by k_poll_event_init.
+    let mut ev: k_poll_event = unsafe { core::mem::zeroed() };
+    // SAFETY: ev and the signal outlive the loop (forever).
+    unsafe {
+        sys::k_poll_event_init(
+            &mut ev,
+            sys::IVNET_POLL_TYPE_SIGNAL,
+            sys::IVNET_POLL_MODE_NOTIFY_ONLY,
+            d.signal.get() as *mut c_void,
+        )
+    };
+    let mut more = false;
+    loop {
+        let iface = d.iface.load(Ordering::Acquire);
+        if !more {
+            // Look again at least every 100 ms while the link is down (a doorbell rung before
+            // the ringer knew our vectors is lost), every second while it runs.
+            let running = d.carrier.load(Ordering::Relaxed) != 0;
+            let t = sys::msec(if running { 1000 } else { 100 });
+            // SAFETY: ev is initialised and refers to our signal.
+            unsafe { sys::k_poll(&mut ev, 1, t) };
+        }
+        // Clear before processing: a doorbell during the round raises the signal again.
+        // SAFETY: the signal is initialised.
+        unsafe { sys::k_poll_signal_reset(d.signal.get()) };
+        ev.set_state(sys::IVNET_POLL_STATE_NOT_READY);
+        if iface.is_null() {
+            more = false;
+            continue;
+        }
+        more = d.round(iface);
+    }
+}
+
+/// iface init: MAC, L2 init, carrier off until the link runs.
+///
+/// # Safety
+/// `iface` is the interface of one of our devices.
+pub unsafe fn iface_init(iface: *mut net_if) {
+    // SAFETY: the stack passes an interface created by our device definition.
+    let dev = unsafe { sys::net_if_get_device(iface) };
+    // SAFETY: ethernet_init is safe to call for any Ethernet interface.
+    unsafe { sys::ethernet_init(iface) };
+    // SAFETY: dev is one of our devices.
+    let Some(d) = (unsafe { driver_of(dev) }) else {
+        // SAFETY: iface is valid.
+        unsafe { sys::net_if_carrier_off(iface) };
+        return;
+    };
+    let mut mac = d.mac;
+    // SAFETY: iface is valid; the stack copies the address.
+    unsafe {
+        sys::net_if_set_link_addr(
+            iface,
+            mac.as_mut_ptr(),
+            6,
+            sys::net_link_type_NET_LINK_ETHERNET as _,
+        );
+        sys::net_if_carrier_off(iface);
+    }
+    d.iface.store(iface, Ordering::Release);
+    d.raise();
+}
+
+/// start/stop: the interface went administratively up or down.
+///
+/// # Safety
+/// `dev` must be one of our devices.
+pub unsafe fn set_up(dev: *const device, up: bool) -> c_int {
+    // SAFETY: per contract.
+    let Some(d) = (unsafe { driver_of(dev) }) else {
+        return -(sys::ENODEV as c_int);
+    };
+    critical_section::with(|cs| d.link.borrow_ref_mut(cs).up = up);
+    d.raise();
+    0
+}
+
+/// send() entry.
+///
+/// # Safety
+/// `dev` must be one of our devices, `pkt` a valid packet.
+pub unsafe fn send(dev: *const device, pkt: *mut net_pkt) -> c_int {
+    // SAFETY: per contract.
+    match unsafe { driver_of(dev) } {
+        Some(d) => d.send(pkt),
+        None => -(sys::ENETDOWN as c_int),
+    }
+}
