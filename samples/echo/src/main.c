@@ -1,5 +1,7 @@
 /*
  * ivnet echo: echoes UDP datagrams and TCP streams on port 4242 over the ivnet link.
+ * When the link goes away the stack may fail the sockets; each loop then reopens its socket
+ * after a pause instead of spinning.
  * SPDX-License-Identifier: Apache-2.0
  */
 #include <zephyr/kernel.h>
@@ -10,51 +12,73 @@ LOG_MODULE_REGISTER(ivnet_echo, LOG_LEVEL_INF);
 
 #define ECHO_PORT 4242
 
-static void udp_echo(void *a, void *b, void *c)
+static int open_bound(int type, int proto)
 {
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(ECHO_PORT)};
-	static uint8_t buf[1500];
-	int s = zsock_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+	int s = zsock_socket(AF_INET, type, proto);
 
-	if (s < 0 || zsock_bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		LOG_ERR("UDP echo: socket/bind failed: %d", errno);
-		return;
+	if (s < 0) {
+		return -errno;
 	}
-	for (;;) {
-		struct sockaddr_in from;
-		socklen_t fl = sizeof(from);
-		ssize_t n = zsock_recvfrom(s, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+	if (zsock_bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    (type == SOCK_STREAM && zsock_listen(s, 1) < 0)) {
+		int err = -errno;
 
-		if (n > 0) {
+		zsock_close(s);
+		return err;
+	}
+	return s;
+}
+
+static void udp_echo(void *a, void *b, void *c)
+{
+	static uint8_t buf[1500];
+
+	for (;;) {
+		int s = open_bound(SOCK_DGRAM, IPPROTO_UDP);
+
+		while (s >= 0) {
+			struct sockaddr_in from;
+			socklen_t fl = sizeof(from);
+			ssize_t n = zsock_recvfrom(s, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+
+			if (n < 0) {
+				break;
+			}
 			zsock_sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
 		}
+		if (s >= 0) {
+			zsock_close(s);
+		}
+		k_sleep(K_SECONDS(1));
 	}
 }
 
 static void tcp_echo(void *a, void *b, void *c)
 {
-	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(ECHO_PORT)};
 	static uint8_t buf[1460];
-	int s = zsock_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
 
-	if (s < 0 || zsock_bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-	    zsock_listen(s, 1) < 0) {
-		LOG_ERR("TCP echo: socket/bind/listen failed: %d", errno);
-		return;
-	}
 	for (;;) {
-		int c = zsock_accept(s, NULL, NULL);
-		ssize_t n;
+		int s = open_bound(SOCK_STREAM, IPPROTO_TCP);
 
-		if (c < 0) {
-			continue;
-		}
-		while ((n = zsock_recv(c, buf, sizeof(buf), 0)) > 0) {
-			if (zsock_send(c, buf, n, 0) < 0) {
+		while (s >= 0) {
+			int conn = zsock_accept(s, NULL, NULL);
+			ssize_t n;
+
+			if (conn < 0) {
 				break;
 			}
+			while ((n = zsock_recv(conn, buf, sizeof(buf), 0)) > 0) {
+				if (zsock_send(conn, buf, n, 0) < 0) {
+					break;
+				}
+			}
+			zsock_close(conn);
 		}
-		zsock_close(c);
+		if (s >= 0) {
+			zsock_close(s);
+		}
+		k_sleep(K_SECONDS(1));
 	}
 }
 

@@ -1,0 +1,262 @@
+"""Test and demo harness for ivnet: network namespaces with TAPs, the ivnet server and host
+peer, and Zephyr VMs in QEMU with a scripted shell console.
+
+Every piece cleans up after itself (use them as context managers, or call close()); traffic
+only ever goes to addresses inside the namespaces made here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b")
+
+
+def ivnet_bin() -> Path:
+    """The ivnet host binary (built by `cargo build --release` if missing)."""
+    b = Path(os.environ.get("IVNET_BIN", ROOT / "target" / "release" / "ivnet"))
+    if not b.exists():
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet-host"],
+                       cwd=ROOT, check=True)
+    return b
+
+
+def wait_path(p: Path, timeout: float = 10.0) -> None:
+    end = time.time() + timeout
+    while not p.exists():
+        if time.time() > end:
+            raise TimeoutError(f"{p} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+class Workdir:
+    """A temporary directory for sockets and logs."""
+
+    def __init__(self, tag: str = "ivnet"):
+        self.path = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir="/tmp"))
+
+    def close(self) -> None:
+        if os.environ.get("IVNET_KEEP_LOGS"):
+            print(f"logs kept in {self.path}")
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Netns:
+    """A network namespace (removed on close) with helpers to configure and run in it."""
+
+    def __init__(self, name: str):
+        self.name = name
+        subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.name, *args], check=True)
+
+    def tap(self, dev: str, addr: str | None = None) -> None:
+        """A persistent TAP (keeps address and MAC when the host peer restarts)."""
+        self.ip("tuntap", "add", "dev", dev, "mode", "tap")
+        if addr:
+            self.ip("addr", "add", addr, "dev", dev)
+        self.ip("link", "set", dev, "up")
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd(*args), capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def popen(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        return subprocess.Popen(self.cmd(*args), stdout=out, stderr=subprocess.STDOUT)
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], stderr=subprocess.DEVNULL)
+
+
+def stop(p: subprocess.Popen | None, sig_timeout: float = 5) -> None:
+    if p and p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(sig_timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class Server:
+    """`ivnet server` for one link."""
+
+    def __init__(self, socket_path: Path, log: Path, size: str = "1M"):
+        self.socket = socket_path
+        self.log = log
+        if socket_path.exists():
+            socket_path.unlink()
+        self.proc = subprocess.Popen([str(ivnet_bin()), "server", "--socket", str(socket_path),
+                                      "--size", size],
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        wait_path(socket_path)
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+class HostPeer:
+    """`ivnet peer`: the host end of a link, bridged to a TAP inside a namespace."""
+
+    def __init__(self, ns: Netns, socket_path: Path, tap: str, log: Path):
+        self.ns, self.socket, self.tap, self.log = ns, socket_path, tap, log
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self.ns.popen(str(ivnet_bin()), "peer", "--socket", str(self.socket),
+                                  "--tap", self.tap, log=self.log)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ivnet peer exited: {self.log.read_text()[-500:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+class Vm:
+    """A Zephyr image in QEMU (qemu_cortex_a53) on one or more ivnet links, with its shell
+    console on a UNIX socket read by a background thread."""
+
+    PROMPT = "uart:~$"
+
+    def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm"):
+        self.name = name
+        self.con_path = workdir / f"{name}-console.sock"
+        self.log_path = workdir / f"{name}-console.log"
+        qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
+                "-machine", "virt,gic-version=3", "-net", "none", "-monitor", "none",
+                "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
+                "-serial", "chardev:con"]
+        for i, link in enumerate(links):
+            qemu += ["-device", f"ivshmem-doorbell,vectors=2,chardev=ivs{i}",
+                     "-chardev", f"socket,path={link},id=ivs{i}"]
+        qemu += ["-kernel", str(elf)]
+        qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split()
+        self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.buf = ""
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_UNIX)
+        end = time.time() + 10
+        while True:
+            try:
+                self.sock.connect(str(self.con_path))
+                break
+            except OSError:
+                if time.time() > end or self.proc.poll() is not None:
+                    raise RuntimeError(f"QEMU for {name} did not start: "
+                                       f"{(workdir / f'{name}-qemu.log').read_text()[-800:]}")
+                time.sleep(0.05)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        log = open(self.log_path, "a")
+        while True:
+            try:
+                d = self.sock.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            text = ANSI.sub("", d.decode(errors="replace"))
+            log.write(text)
+            log.flush()
+            with self.lock:
+                self.buf += text
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.buf)
+
+    def wait_for(self, pattern: str, timeout: float = 20, since: int = 0) -> re.Match:
+        rx = re.compile(pattern)
+        end = time.time() + timeout
+        while True:
+            with self.lock:
+                m = rx.search(self.buf, since)
+            if m:
+                return m
+            if time.time() > end:
+                with self.lock:
+                    tail = self.buf[-1500:]
+                raise TimeoutError(f"{self.name}: no /{pattern}/ within {timeout} s; console tail:\n{tail}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: QEMU exited ({self.proc.returncode})")
+            time.sleep(0.05)
+
+    def shell(self, cmd: str, expect: str | None = None, timeout: float = 20) -> str:
+        """Runs a shell command; waits for `expect` (default: the next prompt) and returns the
+        output since the command was sent."""
+        since = self.mark()
+        self.sock.sendall(cmd.encode() + b"\r\n")
+        m = self.wait_for(expect or re.escape(self.PROMPT), timeout, since)
+        with self.lock:
+            return self.buf[since:m.end()]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        stop(self.proc)
+
+
+class Stack:
+    """Closes what it was given, in reverse order."""
+
+    def __init__(self):
+        self.items = []
+
+    def push(self, x):
+        self.items.append(x)
+        return x
+
+    def close(self) -> None:
+        while self.items:
+            try:
+                self.items.pop().close()
+            except Exception as e:  # keep closing the rest
+                print(f"cleanup: {e}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def ping_summary(text: str) -> tuple[int, int]:
+    """(transmitted, received) from Linux ping output."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+    if not m:
+        raise ValueError(f"no ping summary in: {text[-300:]}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def zephyr_ping_count(text: str) -> int:
+    """Replies counted in the output of Zephyr's `net ping`."""
+    return len(re.findall(r"bytes from .* icmp_seq=", text))
