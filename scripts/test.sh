@@ -39,12 +39,17 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   build=$here/build
   step "west build samples/echo (qemu_cortex_a53, module from outside the tree)" \
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo"
+  step "drop-in: Zephyr's own samples/net/zperf with -S ivnet and EXTRA_ZEPHYR_MODULES" \
+    west build -p auto -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/net/zperf" -d "$build/zperf-dropin" -S ivnet -- \
+      -DEXTRA_ZEPHYR_MODULES="$here" -DEXTRA_CONF_FILE="$here/prj.conf" \
+      -DCONFIG_POSIX_API=n -DCONFIG_MINIMAL_LIBC=y -DCONFIG_PICOLIBC_USE_MODULE=n
   step "cargo clippy (Zephyr driver crate, target build)" bash scripts/clippy-zephyr.sh "$build/echo"
   rm -rf "$build/twister"
   step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU)" \
     west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
-    env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
+    env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$build/zperf-dropin/zephyr/zephyr.elf" \
+      "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"
 fi

@@ -2,8 +2,12 @@
 QEMU's ivshmem-doorbell, the ivnet server, and the host peer bridged to a TAP in a network
 namespace made here. All traffic stays inside that namespace."""
 
+import os
 import re
 import time
+from pathlib import Path
+
+import pytest
 
 import ivnet_harness as h
 
@@ -95,3 +99,22 @@ def test_host_peer_restart_mid_ping(work, echo_elf):
         print(f"replies before the kill: {len(before)}, after the restart: {len(after)}")
         assert len(before) > 30 and len(after) > 100
         assert "Booting Zephyr" not in vm.buf[boot_mark:], "the VM rebooted"
+
+
+@pytest.mark.skipif(not os.environ.get("IVNET_ZPERF_ELF"), reason="IVNET_ZPERF_ELF not built")
+def test_dropin_into_zephyrs_zperf_sample(work):
+    """Zephyr's own samples/net/zperf, unmodified, built with `-S ivnet` and the module added
+    from outside the tree: it comes up on the link with its configured 192.0.2.1."""
+    elf = Path(os.environ["IVNET_ZPERF_ELF"])
+    with h.Stack() as st:
+        ns = st.push(h.Netns(f"ivnet-e2e-{int(time.time() * 1000) % 100000}"))
+        ns.tap("ivtap0", f"{HOST_IP}/24")
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log"))
+        st.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log"))
+        vm = st.push(h.Vm(elf, [link], work, "zperf"))
+        vm.wait_for("ivnet0: carrier on", 20)
+        r = ns.run("ping", "-c", "20", "-i", "0.05", "-W", "2", "-w", "30", VM_IP, check=False)
+        tx, rx = h.ping_summary(r.stdout)
+        print(f"namespace -> zperf sample: {rx}/{tx}")
+        assert (tx, rx) == (20, 20)
