@@ -31,6 +31,23 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=src");
 
+    // Kconfig symbols the Rust code depends on, from the build's autoconf.h.
+    println!("cargo::rustc-check-cfg=cfg(ivshmem_v2)");
+    let autoconf = includes
+        .split([';', ' '])
+        .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
+        .find(|p| p.exists());
+    if let Some(a) = &autoconf {
+        println!("cargo:rerun-if-changed={}", a.display());
+        let text = std::fs::read_to_string(a).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.trim() == "#define CONFIG_IVSHMEM_V2 1")
+        {
+            println!("cargo:rustc-cfg=ivshmem_v2");
+        }
+    }
+
     let mut b = bindgen::Builder::default()
         .header(crate_dir.join("wrapper.h").to_str().unwrap())
         .use_core()
@@ -56,6 +73,9 @@ fn main() {
         .allowlist_function("net_eth_carrier_(on|off)")
         .allowlist_function("ethernet_init")
         .allowlist_function("ivshmem_(get_mem|get_id|get_vectors|int_peer|register_handler)")
+        .allowlist_function(
+            "ivshmem_(get_output_mem_section|get_state|set_state|get_max_peers|get_protocol|enable_interrupts)",
+        )
         .allowlist_function("k_poll|k_poll_event_init|k_poll_signal_(init|raise|reset)")
         .allowlist_function("k_sem_(init|give|take)")
         .allowlist_function("k_thread_(create|name_set)")

@@ -36,10 +36,65 @@ pub struct Stats {
     pub protocol_resets: u32,
 }
 
+/// Where the link's state words live and how the peer is reached.
+#[derive(Clone, Copy)]
+enum Transport {
+    /// Upstream QEMU's ivshmem-doorbell: the flat region with the ivnet control page (state
+    /// words and slot owners), managed by the ivnet server.
+    V1 { ctl: V1Region, slot: usize },
+    /// ivshmem 2.0 (Jailhouse): the device's state table and STATE register; peer = 1 - id.
+    #[cfg(ivshmem_v2)]
+    V2 { dev: *const device, id: u32 },
+}
+
+impl Transport {
+    fn peer_state(&self) -> Result<LinkState, ProtocolError> {
+        match *self {
+            Transport::V1 { ctl, slot } => {
+                if ctl.owner(1 - slot)?.is_none() {
+                    return Ok(LinkState::Reset);
+                }
+                LinkState::from_raw(ctl.state(1 - slot)?)
+            }
+            #[cfg(ivshmem_v2)]
+            // SAFETY: dev is the ready ivshmem v2 device; the state table is read-only to us.
+            Transport::V2 { dev, id } => {
+                LinkState::from_raw(unsafe { sys::ivshmem_get_state(dev, 1 - id) })
+            }
+        }
+    }
+
+    fn set_state(&self, s: LinkState) -> Result<(), ProtocolError> {
+        match *self {
+            Transport::V1 { ctl, slot } => Ok(ctl.set_state(slot, s.raw())?),
+            #[cfg(ivshmem_v2)]
+            Transport::V2 { dev, .. } => {
+                // SAFETY: dev is the ready ivshmem v2 device. The STATE register write is
+                // mirrored into the state table and raises vector 0 at the peer.
+                unsafe { sys::ivshmem_set_state(dev, s.raw()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// The peer's ivshmem id, if there is a peer.
+    fn peer_id(&self) -> Option<u32> {
+        match *self {
+            Transport::V1 { ctl, slot } => ctl.owner(1 - slot).ok().flatten(),
+            #[cfg(ivshmem_v2)]
+            Transport::V2 { id, .. } => Some(1 - id),
+        }
+    }
+
+    /// v1 has no hardware state table: a state change must be announced with a doorbell.
+    fn rings_on_state_change(&self) -> bool {
+        matches!(self, Transport::V1 { .. })
+    }
+}
+
 /// Link state shared by the link thread and send().
 struct Link {
-    ctl: V1Region,
-    slot: usize,
+    t: Transport,
     queues: Queues<&'static mut [u32]>,
     state: LinkState,
     /// The interface is administratively up (start/stop).
@@ -61,34 +116,32 @@ struct Effects {
 
 impl Link {
     fn peer_id(&self) -> Option<u32> {
-        self.ctl.owner(1 - self.slot).ok().flatten()
+        self.t.peer_id()
     }
 
     fn update(&mut self) -> Effects {
         let mut fx = Effects::default();
         let before = self.state;
-        let ctl = self.ctl;
-        let slot = self.slot;
+        let tr = self.t;
         let queues = &mut self.queues;
         let generation = &mut self.generation;
-        let peer = || {
-            if ctl.owner(1 - slot)?.is_none() {
-                return Ok(LinkState::Reset);
-            }
-            LinkState::from_raw(ctl.state(1 - slot)?)
-        };
-        let r = settle(self.state, self.up, peer, |_, t| {
-            if t.reset_queues {
-                queues.reset()?;
-                *generation = generation.wrapping_add(1);
-            }
-            ctl.set_state(slot, t.next.raw())?;
-            fx.ring_state = true;
-            if t.carrier.is_some() {
-                fx.carrier = t.carrier;
-            }
-            Ok::<(), ProtocolError>(())
-        });
+        let r = settle(
+            self.state,
+            self.up,
+            || tr.peer_state(),
+            |_, t| {
+                if t.reset_queues {
+                    queues.reset()?;
+                    *generation = generation.wrapping_add(1);
+                }
+                tr.set_state(t.next)?;
+                fx.ring_state = tr.rings_on_state_change();
+                if t.carrier.is_some() {
+                    fx.carrier = t.carrier;
+                }
+                Ok::<(), ProtocolError>(())
+            },
+        );
         match r {
             Ok(s) => self.state = s,
             Err(e) => return self.protocol_reset(e),
@@ -110,9 +163,9 @@ impl Link {
         );
         self.stats.protocol_resets += 1;
         self.state = LinkState::Reset;
-        let _ = self.ctl.set_state(self.slot, LinkState::Reset.raw());
+        let _ = self.t.set_state(LinkState::Reset);
         Effects {
-            ring_state: true,
+            ring_state: self.t.rings_on_state_change(),
             carrier: Some(false),
             entered_run: false,
         }
@@ -127,6 +180,8 @@ pub struct Driver {
     tx_room: UnsafeCell<k_sem>,
     link: Mutex<RefCell<Link>>,
     mac: [u8; 6],
+    /// Doorbell vector for frames (1 with MSI-X; 0 when the device has a single vector).
+    data_vector: u16,
     carrier: AtomicU32,
 }
 
@@ -159,6 +214,107 @@ fn mac_for(cfg: &sys::ivnet_config, id: u32) -> [u8; 6] {
     [0x02, 0x1e, r[0], r[1], r[2], id as u8]
 }
 
+type Attached = (Transport, Region, Region, u32, u16);
+
+/// Finds our output section and the peer's, and how state is kept: the ivnet control page on
+/// a v1 device (QEMU ivshmem-doorbell), the device's state table on a v2 device (Jailhouse).
+fn attach(cfg: &sys::ivnet_config, ivshmem: *const device) -> Result<Attached, c_int> {
+    // SAFETY: ivshmem is ready (checked by the caller).
+    let id = unsafe { sys::ivshmem_get_id(ivshmem) };
+    // SAFETY: as above.
+    let vectors = unsafe { sys::ivshmem_get_vectors(ivshmem) };
+    #[cfg(ivshmem_v2)]
+    // SAFETY: as above; a v1 device reports 0 peers.
+    if unsafe { sys::ivshmem_get_max_peers(ivshmem) } != 0 {
+        return attach_v2(cfg, ivshmem, id, vectors);
+    }
+    let mut addr: usize = 0;
+    // SAFETY: ivshmem is ready; addr is a valid out pointer.
+    let size = unsafe { sys::ivshmem_get_mem(ivshmem, &mut addr) };
+    if size == 0 || addr == 0 {
+        err!("ivnet{}: ivshmem has no shared memory", cfg.instance);
+        return Err(-(sys::ENODEV as c_int));
+    }
+    if vectors < 2 {
+        err!(
+            "ivnet{}: ivshmem has {} interrupt vectors, ivshmem-net on ivshmem-doorbell needs 2 (vectors=2)",
+            cfg.instance,
+            vectors
+        );
+        return Err(-(sys::ENOTSUP as c_int));
+    }
+    // SAFETY: ivshmem_get_mem returned a mapping of `size` bytes at `addr` that stays mapped
+    // for the life of the system; only Region accessors touch it.
+    let region = unsafe { Region::new(addr as *mut u8, size) };
+    let ctl = V1Region::new(region).map_err(|e| {
+        err!("ivnet{}: {}", cfg.instance, e);
+        -(sys::EINVAL as c_int)
+    })?;
+    let slot = match ctl.slot_of(id) {
+        Ok(Some(s)) => s,
+        _ => {
+            err!(
+                "ivnet{}: ivshmem id {} owns no slot in the control page: is the link served by the ivnet server?",
+                cfg.instance,
+                id
+            );
+            return Err(-(sys::EIO as c_int));
+        }
+    };
+    match (ctl.section(slot), ctl.section(1 - slot)) {
+        (Ok(own), Ok(peer)) => Ok((Transport::V1 { ctl, slot }, own, peer, id, VECTOR_DATA)),
+        _ => Err(-(sys::EINVAL as c_int)),
+    }
+}
+
+#[cfg(ivshmem_v2)]
+fn attach_v2(
+    cfg: &sys::ivnet_config,
+    dev: *const device,
+    id: u32,
+    vectors: u16,
+) -> Result<Attached, c_int> {
+    // SAFETY: dev is a ready ivshmem v2 device.
+    let (protocol, peers) = unsafe {
+        (
+            sys::ivshmem_get_protocol(dev),
+            sys::ivshmem_get_max_peers(dev),
+        )
+    };
+    if protocol as u32 != sys::IVNET_V2_PROTO_NET || peers != 2 || id > 1 || vectors == 0 {
+        err!(
+            "ivnet{}: ivshmem v2 device is not an ivshmem-net link (protocol {:#x}, {} peers, id {}, {} vectors)",
+            cfg.instance, protocol, peers, id, vectors
+        );
+        return Err(-(sys::ENOTSUP as c_int));
+    }
+    let section = |peer: u32| -> Option<Region> {
+        let mut addr: usize = 0;
+        // SAFETY: dev is ready; addr is a valid out pointer.
+        let size = unsafe { sys::ivshmem_get_output_mem_section(dev, peer, &mut addr) };
+        // SAFETY: the device maps each output section for the life of the system (ours
+        // read-write, the peer's read-only, which we only read).
+        (size != 0 && addr != 0).then(|| unsafe { Region::new(addr as *mut u8, size) })
+    };
+    match (section(id), section(1 - id)) {
+        (Some(own), Some(peer)) => {
+            let data_vector = if vectors >= 2 {
+                VECTOR_DATA
+            } else {
+                VECTOR_STATE
+            };
+            Ok((Transport::V2 { dev, id }, own, peer, id, data_vector))
+        }
+        _ => {
+            err!(
+                "ivnet{}: ivshmem v2 device has no output sections",
+                cfg.instance
+            );
+            Err(-(sys::ENODEV as c_int))
+        }
+    }
+}
+
 /// Device init: find the link in the shared memory, set up queues and the link thread.
 ///
 /// # Safety
@@ -175,49 +331,9 @@ pub unsafe fn init(dev: *const device) -> c_int {
         );
         return -(sys::ENODEV as c_int);
     }
-    let mut addr: usize = 0;
-    // SAFETY: ivshmem is ready; addr is a valid out pointer.
-    let size = unsafe { sys::ivshmem_get_mem(ivshmem, &mut addr) };
-    // SAFETY: as above.
-    let id = unsafe { sys::ivshmem_get_id(ivshmem) };
-    // SAFETY: as above.
-    let vectors = unsafe { sys::ivshmem_get_vectors(ivshmem) };
-    if size == 0 || addr == 0 {
-        err!("ivnet{}: ivshmem has no shared memory", cfg.instance);
-        return -(sys::ENODEV as c_int);
-    }
-    if vectors < 2 {
-        err!(
-            "ivnet{}: ivshmem has {} interrupt vectors, ivshmem-net needs 2 (ivshmem-doorbell,vectors=2)",
-            cfg.instance,
-            vectors
-        );
-        return -(sys::ENOTSUP as c_int);
-    }
-    // SAFETY: ivshmem_get_mem returned a mapping of `size` bytes at `addr` that stays mapped
-    // for the life of the system; only Region accessors touch it.
-    let region = unsafe { Region::new(addr as *mut u8, size) };
-    let ctl = match V1Region::new(region) {
-        Ok(c) => c,
-        Err(e) => {
-            err!("ivnet{}: {}", cfg.instance, e);
-            return -(sys::EINVAL as c_int);
-        }
-    };
-    let slot = match ctl.slot_of(id) {
-        Ok(Some(s)) => s,
-        _ => {
-            err!(
-                "ivnet{}: ivshmem id {} owns no slot in the control page: is the link served by the ivnet server?",
-                cfg.instance,
-                id
-            );
-            return -(sys::EIO as c_int);
-        }
-    };
-    let (own, peer) = match (ctl.section(slot), ctl.section(1 - slot)) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => return -(sys::EINVAL as c_int),
+    let (t, own, peer, id, data_vector) = match attach(cfg, ivshmem) {
+        Ok(x) => x,
+        Err(e) => return e,
     };
     // The transmit bookkeeping (one u32 per queue entry) lives on the kernel heap, like the
     // driver object: neither may be built on the small init stack.
@@ -245,8 +361,9 @@ pub unsafe fn init(dev: *const device) -> c_int {
             return -(sys::EINVAL as c_int);
         }
     };
-    let _ = ctl.set_state(slot, LinkState::Reset.raw());
+    let _ = t.set_state(LinkState::Reset);
     let qlen = queues.geometry().qlen;
+    let size = own.len();
 
     // SAFETY: plain allocation from the kernel heap; checked for null below.
     let mem = unsafe {
@@ -271,8 +388,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
         // SAFETY: as above.
         tx_room: UnsafeCell::new(unsafe { core::mem::zeroed() }),
         link: Mutex::new(RefCell::new(Link {
-            ctl,
-            slot,
+            t,
             queues,
             state: LinkState::Reset,
             up: false,
@@ -281,6 +397,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
             stats: Stats::default(),
         })),
         mac: mac_for(cfg, id),
+        data_vector,
         carrier: AtomicU32::new(0),
     };
     // SAFETY: `mem` is a fresh, aligned allocation big enough for a Driver.
@@ -292,7 +409,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
     unsafe {
         sys::k_poll_signal_init(d.signal.get());
         sys::k_sem_init(d.tx_room.get(), 0, 1);
-        for v in [VECTOR_STATE, VECTOR_DATA] {
+        for v in [VECTOR_STATE, d.data_vector] {
             let r = sys::ivshmem_register_handler(ivshmem, d.signal.get(), v);
             if r != 0 {
                 err!(
@@ -319,10 +436,15 @@ pub unsafe fn init(dev: *const device) -> c_int {
             sys::NO_WAIT,
         );
         sys::k_thread_name_set(tid, c"ivnet".as_ptr());
+        #[cfg(ivshmem_v2)]
+        if let Transport::V2 { dev, .. } = t {
+            sys::ivshmem_enable_interrupts(dev, true);
+        }
     }
     inf!(
-        "ivnet{}: ivshmem id {}, slot {}, {} KiB shared, queue {} entries, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        cfg.instance, id, slot, size / 1024, qlen,
+        "ivnet{}: ivshmem {} id {}, sections of {} KiB, queue {} entries, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        cfg.instance, match t { Transport::V1 { .. } => "v1", #[cfg(ivshmem_v2)] Transport::V2 { .. } => "v2" },
+        id, size / 1024, qlen,
         d.mac[0], d.mac[1], d.mac[2], d.mac[3], d.mac[4], d.mac[5]
     );
     0
@@ -489,7 +611,7 @@ impl Driver {
             (ring, more, None, peer)
         });
         if ring {
-            self.ring(peer, VECTOR_DATA);
+            self.ring(peer, self.data_vector);
         }
         if let Some(fx) = fx {
             self.apply(iface, fx, peer);
@@ -585,7 +707,7 @@ impl Driver {
             });
             match r {
                 Ok(Some(peer)) => {
-                    self.ring(peer, VECTOR_DATA);
+                    self.ring(peer, self.data_vector);
                     return 0;
                 }
                 Ok(None) => {
