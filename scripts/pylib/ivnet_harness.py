@@ -96,7 +96,14 @@ def stop(p: subprocess.Popen | None, sig_timeout: float = 5) -> None:
 
 
 class Server:
-    """`ivnet server` for one link."""
+    """`ivnet server` for one link (a context manager too)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
     def __init__(self, socket_path: Path, log: Path, size: str = "1M"):
         self.socket = socket_path
@@ -142,17 +149,26 @@ class Vm:
 
     PROMPT = "uart:~$"
 
-    def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm"):
+    def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
+                 virtio_tap: tuple[Netns, str] | None = None):
+        """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
+        (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
+        runs inside that namespace."""
         self.name = name
         self.con_path = workdir / f"{name}-console.sock"
         self.log_path = workdir / f"{name}-console.log"
         qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
+                "-global", "virtio-mmio.force-legacy=false",
                 "-machine", "virt,gic-version=3", "-net", "none", "-monitor", "none",
                 "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
                 "-serial", "chardev:con"]
         for i, link in enumerate(links):
             qemu += ["-device", f"ivshmem-doorbell,vectors=2,chardev=ivs{i}",
                      "-chardev", f"socket,path={link},id=ivs{i}"]
+        if virtio_tap:
+            qemu += ["-netdev", f"tap,id=n0,ifname={virtio_tap[1]},script=no,downscript=no",
+                     "-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
+            qemu = virtio_tap[0].cmd(*qemu)
         qemu += ["-kernel", str(elf)]
         qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split()
         self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
@@ -223,6 +239,12 @@ class Vm:
         except OSError:
             pass
         stop(self.proc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Stack:

@@ -172,6 +172,37 @@ impl Link {
     }
 }
 
+/// What became of one received frame.
+enum Rx {
+    /// Handed over in this packet.
+    Pkt(*mut net_pkt),
+    /// Dropped (too long, or unreadable): completed and counted.
+    Drop,
+    /// No network buffer free: left in the ring for later.
+    NoBuffer,
+}
+
+/// How a receive round ended.
+#[derive(PartialEq, Eq)]
+enum RoundResult {
+    /// Nothing more to do until a doorbell.
+    Idle,
+    /// Frames are waiting: go again.
+    More,
+    /// The stack has no free buffers: wait a little, then go again.
+    NoBuffer,
+}
+
+impl From<bool> for RoundResult {
+    fn from(more: bool) -> Self {
+        if more {
+            RoundResult::More
+        } else {
+            RoundResult::Idle
+        }
+    }
+}
+
 /// One driver instance.
 pub struct Driver {
     cfg: &'static sys::ivnet_config,
@@ -492,7 +523,7 @@ impl Driver {
     }
 
     /// One round of the link thread: follow the state, receive, wake a waiting sender.
-    fn round(&self, iface: *mut net_if) -> bool {
+    fn round(&self, iface: *mut net_if) -> RoundResult {
         let (fx, peer, running) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
             let fx = l.update();
@@ -502,11 +533,14 @@ impl Driver {
         self.apply(iface, fx, peer);
         if !running {
             self.wake_sender();
-            return false;
+            return RoundResult::Idle;
         }
-        let more = self.receive(iface);
+        let r = self.receive(iface);
         self.wake_sender();
-        more || entered
+        if entered && r == RoundResult::Idle {
+            return RoundResult::More;
+        }
+        r
     }
 
     fn wake_sender(&self) {
@@ -528,8 +562,8 @@ impl Driver {
         }
     }
 
-    /// Receives up to the budget; returns true when more frames are waiting.
-    fn receive(&self, iface: *mut net_if) -> bool {
+    /// Receives up to the budget; says whether more frames are waiting.
+    fn receive(&self, iface: *mut net_if) -> RoundResult {
         let budget = sys::IVNET_RX_BUDGET;
         for _ in 0..budget {
             let polled = critical_section::with(|cs| {
@@ -549,14 +583,23 @@ impl Driver {
             });
             let (frame, ptr, generation) = match polled {
                 Ok(Some(x)) => x,
-                Ok(None) => return self.finish_rx(iface, false),
+                Ok(None) => return self.finish_rx(iface, false).into(),
                 Err((fx, peer)) => {
                     self.apply(iface, fx, peer);
-                    return false;
+                    return RoundResult::Idle;
                 }
             };
             let pkt = match ptr {
-                Ok(p) => self.to_pkt(iface, frame, p),
+                Ok(p) => match self.to_pkt(iface, frame, p) {
+                    Rx::Pkt(p) => Some(p),
+                    Rx::Drop => None,
+                    Rx::NoBuffer => {
+                        // Leave the frame in the peer's ring (back-pressure: the peer stops
+                        // when its ring is full) and come back when the stack freed buffers.
+                        self.finish_rx(iface, false);
+                        return RoundResult::NoBuffer;
+                    }
+                },
                 Err(_) => None,
             };
             let completed = critical_section::with(|cs| {
@@ -578,7 +621,7 @@ impl Driver {
                 if !completed {
                     // SAFETY: we own pkt; the link was reset under it.
                     unsafe { sys::net_pkt_unref(pkt) };
-                    return false;
+                    return RoundResult::Idle;
                 }
                 // SAFETY: iface and pkt are valid; on error we still own pkt.
                 if unsafe { sys::net_recv_data(iface, pkt) } < 0 {
@@ -587,7 +630,7 @@ impl Driver {
                 }
             }
         }
-        self.finish_rx(iface, true)
+        self.finish_rx(iface, true).into()
     }
 
     /// Publishes completions (ringing the peer if it asked); re-arms the doorbell when the
@@ -619,16 +662,18 @@ impl Driver {
         more
     }
 
-    /// Copies one frame out of shared memory into a fresh net_pkt, or drops it.
-    fn to_pkt(&self, iface: *mut net_if, f: RxFrame, src: *mut u8) -> Option<*mut net_pkt> {
+    /// Copies one frame out of shared memory into a fresh net_pkt, or says why not.
+    fn to_pkt(&self, iface: *mut net_if, f: RxFrame, src: *mut u8) -> Rx {
         if f.len > max_frame() {
             wrn!(
                 "ivnet{}: dropping a {}-byte frame (MTU 1500)",
                 self.cfg.instance,
                 f.len
             );
-            return None;
+            return Rx::Drop;
         }
+        // K_NO_WAIT: no clock read per packet; when the pools are empty the frame waits in
+        // the ring instead (back-pressure to the peer).
         // SAFETY: iface is valid; the allocation may fail (null), which we handle.
         let pkt = unsafe {
             sys::net_pkt_rx_alloc_with_buffer(
@@ -636,21 +681,20 @@ impl Driver {
                 f.len,
                 sys::IVNET_AF_UNSPEC as _,
                 0,
-                sys::msec(100),
+                sys::NO_WAIT,
             )
         };
         if pkt.is_null() {
-            dbg!("ivnet{}: no RX buffer, frame dropped", self.cfg.instance);
-            return None;
+            return Rx::NoBuffer;
         }
         // SAFETY: `src` is a checked range of f.len bytes in the peer's section, which the
         // peer may not reuse before we complete the frame.
         if unsafe { sys::net_pkt_write(pkt, src as *const c_void, f.len) } < 0 {
             // SAFETY: we own pkt.
             unsafe { sys::net_pkt_unref(pkt) };
-            return None;
+            return Rx::Drop;
         }
-        Some(pkt)
+        Rx::Pkt(pkt)
     }
 
     /// send(): copies the frame into a ring slot, waiting for room (back-pressure) up to
@@ -751,13 +795,20 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
         )
     };
     let mut more = false;
+    let mut no_buffer_logged = false;
     loop {
         let iface = d.iface.load(Ordering::Acquire);
         if !more {
-            // Look again at least every 100 ms while the link is down (a doorbell rung before
-            // the ringer knew our vectors is lost), every second while it runs.
+            // While the link is down, look again every 100 ms (a doorbell rung before the
+            // ringer knew our vectors is lost). While it runs, doorbells are reliable and any
+            // change of the peer's state rings us: wait without a timeout, so that no timer is
+            // armed and cancelled on every wake-up.
             let running = d.carrier.load(Ordering::Relaxed) != 0;
-            let t = sys::msec(if running { 1000 } else { 100 });
+            let t = if running {
+                sys::FOREVER
+            } else {
+                sys::msec(100)
+            };
             // SAFETY: ev is initialised and refers to our signal.
             unsafe { sys::k_poll(&mut ev, 1, t) };
         }
@@ -769,7 +820,22 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
             more = false;
             continue;
         }
-        more = d.round(iface);
+        more = match d.round(iface) {
+            RoundResult::Idle => false,
+            RoundResult::More => true,
+            RoundResult::NoBuffer => {
+                if !no_buffer_logged {
+                    dbg!(
+                        "ivnet{}: network buffers exhausted, holding frames in the ring",
+                        d.cfg.instance
+                    );
+                    no_buffer_logged = true;
+                }
+                // SAFETY: plain sleep of the link thread; the stack frees buffers meanwhile.
+                unsafe { sys::k_sleep(sys::msec(1)) };
+                true
+            }
+        };
     }
 }
 

@@ -22,3 +22,6 @@ pub fn msec(ms: u32) -> k_timeout_t {
 
 /// K_NO_WAIT.
 pub const NO_WAIT: k_timeout_t = k_timeout_t { ticks: 0 };
+
+/// K_FOREVER.
+pub const FOREVER: k_timeout_t = k_timeout_t { ticks: -1 };
