@@ -150,8 +150,11 @@ def cell_cell(env, s, _rate):
             b.shell("net ipv4 del 1 192.0.2.1")
             b.shell(f"net ipv4 add 1 {CELL2} 255.255.255.0")
             b.shell("zperf tcp download 5001", "Listening on port 5001")
-            out = a.shell(f"zperf tcp upload {CELL2} 5001 {s} 1K", r"Rate:\s+[\d.]+ [MK]bps|failed", s + 30)
-            m = re.findall(r"Rate:\s+([\d.]+) ([MK])bps", out)
+            out = a.shell(f"zperf tcp upload {CELL2} 5001 {s} 1K",
+                          r"Upload completed![\s\S]*?Rate:\s+[\d.]+ [MK]bps|failed", s + 30)
+            # zperf prints its configured rate before starting; the result follows "completed".
+            tail = out[out.find("Upload completed"):] if "Upload completed" in out else ""
+            m = re.findall(r"Rate:\s+([\d.]+) ([MK])bps", tail)
             if not m:
                 raise ValueError(out[-400:])
             v, u = m[-1]
