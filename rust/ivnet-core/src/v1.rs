@@ -16,8 +16,10 @@
 //! Peer ids only grow (QEMU crashes when an id comes back), so a peer's slot is not its id: a
 //! peer finds its slot by looking its id up in the owner table.
 
+use crate::error::ProtocolError;
 use crate::geometry::{Geometry, GeometryError};
 use crate::shm::{OutOfBounds, Region};
+use crate::state::LinkState;
 
 /// Size of the control page at the start of the region.
 pub const CONTROL_SIZE: usize = 0x1000;
@@ -137,6 +139,16 @@ impl V1Region {
         self.region.store_u32(OWNER_OFF + 4 * slot, raw)
     }
 
+    /// The link state of the peer of `slot` (the other slot): RESET when that slot has no
+    /// owner (the peer left, and the server zeroed it), else its state word, validated.
+    pub fn peer_state(&self, slot: usize) -> Result<LinkState, ProtocolError> {
+        let other = 1 - slot;
+        if self.owner(other)?.is_none() {
+            return Ok(LinkState::Reset);
+        }
+        LinkState::from_raw(self.state(other)?)
+    }
+
     /// The slot whose owner is ivshmem id `id`, if exactly one is.
     pub fn slot_of(&self, id: u32) -> Result<Option<usize>, OutOfBounds> {
         let mut found = None;
@@ -196,5 +208,21 @@ mod tests {
             "an id owning two slots is no answer"
         );
         assert_eq!(v.section(1).unwrap().len(), 0x7f000);
+    }
+
+    #[test]
+    fn peer_state_follows_owner_and_state_word() {
+        let m = TestMem::new(1 << 20);
+        let v = V1Region::new(m.region()).unwrap();
+        v.set_state(1, 3).unwrap();
+        assert_eq!(v.peer_state(0), Ok(LinkState::Reset), "no owner: RESET");
+        v.set_owner(1, Some(4)).unwrap();
+        v.set_state(1, 2).unwrap();
+        assert_eq!(v.peer_state(0), Ok(LinkState::Ready));
+        v.set_state(1, 9).unwrap();
+        assert_eq!(
+            v.peer_state(0),
+            Err(ProtocolError::InvalidPeerState { raw: 9 })
+        );
     }
 }

@@ -47,14 +47,6 @@ pub struct Link {
     pub stats: Stats,
 }
 
-/// The other slot's state: RESET when it has no owner (a vanished peer), else its state word.
-fn peer_state(v1: &V1Region, slot: usize) -> Result<LinkState, ProtocolError> {
-    if v1.owner(1 - slot)?.is_none() {
-        return Ok(LinkState::Reset);
-    }
-    LinkState::from_raw(v1.state(1 - slot)?)
-}
-
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -165,7 +157,7 @@ impl Link {
         let r = settle(
             self.state,
             self.up,
-            || peer_state(&v1, slot),
+            || v1.peer_state(slot),
             |_, t| {
                 if t.reset_queues {
                     queues.reset()?;

@@ -50,12 +50,7 @@ enum Transport {
 impl Transport {
     fn peer_state(&self) -> Result<LinkState, ProtocolError> {
         match *self {
-            Transport::V1 { ctl, slot } => {
-                if ctl.owner(1 - slot)?.is_none() {
-                    return Ok(LinkState::Reset);
-                }
-                LinkState::from_raw(ctl.state(1 - slot)?)
-            }
+            Transport::V1 { ctl, slot } => ctl.peer_state(slot),
             #[cfg(ivshmem_v2)]
             // SAFETY: dev is the ready ivshmem v2 device; the state table is read-only to us.
             Transport::V2 { dev, id } => {
