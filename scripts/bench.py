@@ -6,7 +6,9 @@ measured with iperf 2 on the host side inside a network namespace made here:
 
   tcp host->cell   iperf -c  -> zperf tcp download           (rate seen by iperf)
   tcp cell->host   zperf tcp upload -> iperf -s              (rate seen by iperf)
-  udp host->cell   iperf -u -b RATE -> zperf udp download    (server report: rate, loss)
+  udp host->cell   iperf -u -b RATE -> UDP discard port of the echo sample; the VM's own UDP
+                   receive counter (`net stats`) against the datagrams iperf sent: rate, loss
+                   (zperf's UDP download crashes Zephyr 4.3's shell as a session starts)
   udp cell->host   zperf udp upload RATE -> iperf -s -u      (rate, loss seen by iperf)
   ping rtt         ping -i 0.01 host->cell, p50 / p99
   tcp cell<->cell  (ivnet only) zperf tcp upload -> zperf tcp download on a second VM
@@ -44,18 +46,18 @@ class Env:
             st.push(h.Server(self.link, work / "server.log"))
             st.push(h.HostPeer(self.ns, self.link, tap, work / "peer.log"))
 
-    def vm(self, links=None, name=None, wait=True):
+    def vm(self, links=None, name=None, wait=True, elf=None):
         self.n += 1
         # A new VM may come with a new MAC: forget the last one's.
         subprocess.run(["ip", "-n", self.ns.name, "neigh", "flush", "all"], check=False)
         name = name or f"{self.kind}{self.n}"
         if self.kind == "ivnet":
-            vm = h.Vm(self.elf, links or [self.link], self.work, name)
+            vm = h.Vm(elf or self.elf, links or [self.link], self.work, name)
             if not wait:
                 return vm
             vm.wait_for("ivnet0: carrier on", 20)
         else:
-            vm = h.Vm(self.elf, [], self.work, name, virtio_tap=(self.ns, self.tap))
+            vm = h.Vm(elf or self.elf, [], self.work, name, virtio_tap=(self.ns, self.tap))
         vm.wait_for(re.escape(h.Vm.PROMPT), 20)
         time.sleep(0.3)
         return vm
@@ -99,22 +101,27 @@ def tcp_tx(env, s, _rate):
     return {"Mbit/s": mbit(srv.communicate()[0])}
 
 
+def udp_recv_count(vm):
+    m = re.search(r"UDP recv\s+(\d+)", vm.shell("net stats", timeout=10))
+    if not m:
+        raise ValueError("no UDP counter in net stats")
+    return int(m.group(1))
+
+
 def udp_rx(env, s, rate):
-    with env.vm() as vm:
-        vm.shell("zperf udp download 5001", r"UDP server started on port 5001|Listening", 10)
-        r = env.ns.run("iperf", "-c", CELL, "-u", "-p", "5001", "-b", f"{rate}M", "-l", "1024",
+    with env.vm(elf=env.echo_elf) as vm:
+        vm.shell(f"net ipv4 add 1 {CELL} 255.255.255.0")
+        env.ns.run("ping", "-c", "3", "-i", "0.2", CELL, check=False)  # resolve ARP first
+        before = udp_recv_count(vm)
+        r = env.ns.run("iperf", "-c", CELL, "-u", "-p", "9", "-b", f"{rate}M", "-l", "1024",
                        "-t", str(s), "-f", "m", timeout=s + 30, check=False)
-        if "-v" in sys.argv:
-            print(r.stdout)
-        out = r.stdout
-        if "Server Report" in out:
-            rep = out[out.index("Server Report"):]
-            return {"Mbit/s": mbit(rep), "loss %": loss(rep)}
-        # No report came back to iperf: take zperf's own session summary from the console.
-        m = vm.wait_for(r"received packets:\s+(\d+)\s+nb packets lost:\s+(\d+)[\s\S]*?rate:\s+([\d.]+) ([MK])bps", 10)
-        got, lost = int(m.group(1)), int(m.group(2))
-        return {"Mbit/s": float(m.group(3)) / (1000 if m.group(4) == "K" else 1),
-                "loss %": 100.0 * lost / max(1, got + lost)}
+        sent = re.findall(r"Sent (\d+) datagrams", r.stdout)
+        if not sent:
+            raise ValueError(f"iperf: {r.stdout[-300:]}{r.stderr[-200:]}")
+        time.sleep(1)
+        got = udp_recv_count(vm) - before
+        n = int(sent[-1])
+        return {"Mbit/s": got * 1024 * 8 / s / 1e6, "loss %": 100.0 * max(0, n - got) / max(1, n)}
 
 
 def udp_tx(env, s, rate):
@@ -172,6 +179,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ivnet-elf", type=Path, required=True)
     ap.add_argument("--virtio-elf", type=Path, required=True)
+    ap.add_argument("--ivnet-echo-elf", type=Path, default=Path("build/echo/zephyr/zephyr.elf"),
+                    help="samples/echo on ivnet (UDP sink for udp host->cell)")
+    ap.add_argument("--virtio-echo-elf", type=Path, default=Path("build/echo-virtio/zephyr/zephyr.elf"),
+                    help="samples/echo on virtio-net (-S virtio-net-baseline)")
     ap.add_argument("--seconds", type=int, default=10, help="length of each throughput run")
     ap.add_argument("--udp-rate", type=int, default=150, help="offered UDP rate, Mbit/s")
     ap.add_argument("-v", action="store_true", help="print raw iperf output")
@@ -179,11 +190,12 @@ def main():
     a = ap.parse_args()
     chosen = [t for t in TESTS if not a.only or t[0] in a.only.split(",")]
     results = {}
-    for kind, elf in (("virtio", a.virtio_elf), ("ivnet", a.ivnet_elf)):
+    for kind, elf, echo in (("virtio", a.virtio_elf, a.virtio_echo_elf), ("ivnet", a.ivnet_elf, a.ivnet_echo_elf)):
         wd = h.Workdir(f"ivbench-{kind}")
         with h.Stack() as st:
             st.push(wd)
             env = Env(kind, elf, wd.path, st)
+            env.echo_elf = echo
             cc = not a.only or "tcp cell<->cell" in a.only.split(",")
             tests = chosen + ([("tcp cell<->cell", cell_cell)] if kind == "ivnet" and cc else [])
             for name, fn in tests:

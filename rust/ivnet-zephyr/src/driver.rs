@@ -667,18 +667,19 @@ impl Driver {
             );
             return Rx::Drop;
         }
-        // K_NO_WAIT: no clock read per packet; when the pools are empty the frame waits in
-        // the ring instead (back-pressure to the peer).
-        // SAFETY: iface is valid; the allocation may fail (null), which we handle.
-        let pkt = unsafe {
-            sys::net_pkt_rx_alloc_with_buffer(
-                iface,
-                f.len,
-                sys::IVNET_AF_UNSPEC as _,
-                0,
-                sys::NO_WAIT,
-            )
+        // First without waiting (no clock read per packet). When the pools are empty, wait in
+        // the allocator, which wakes us as soon as the stack frees a buffer; if that takes
+        // too long the frame stays in the ring (back-pressure to the peer).
+        let alloc = |t| {
+            // SAFETY: iface is valid; the allocation may fail (null), which we handle.
+            unsafe {
+                sys::net_pkt_rx_alloc_with_buffer(iface, f.len, sys::IVNET_AF_UNSPEC as _, 0, t)
+            }
         };
+        let mut pkt = alloc(sys::NO_WAIT);
+        if pkt.is_null() {
+            pkt = alloc(sys::msec(20));
+        }
         if pkt.is_null() {
             return Rx::NoBuffer;
         }

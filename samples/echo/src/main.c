@@ -1,5 +1,6 @@
 /*
- * ivnet echo: echoes UDP datagrams and TCP streams on port 4242 over the ivnet link.
+ * ivnet echo: echoes UDP datagrams and TCP streams on port 4242 over the ivnet link, and
+ * discards UDP datagrams sent to port 9 (a sink for load tests).
  * When the link goes away the stack may fail the sockets; each loop then reopens its socket
  * after a pause instead of spinning.
  * SPDX-License-Identifier: Apache-2.0
@@ -11,10 +12,11 @@
 LOG_MODULE_REGISTER(ivnet_echo, LOG_LEVEL_INF);
 
 #define ECHO_PORT 4242
+#define DISCARD_PORT 9
 
-static int open_bound(int type, int proto)
+static int open_bound_port(int type, int proto, uint16_t port)
 {
-	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(ECHO_PORT)};
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
 	int s = zsock_socket(AF_INET, type, proto);
 
 	if (s < 0) {
@@ -28,6 +30,28 @@ static int open_bound(int type, int proto)
 		return err;
 	}
 	return s;
+}
+
+static int open_bound(int type, int proto)
+{
+	return open_bound_port(type, proto, ECHO_PORT);
+}
+
+/* UDP discard (RFC 863) on port 9: a sink for load tests; `net stats` counts what arrived. */
+static void udp_discard(void *a, void *b, void *c)
+{
+	static uint8_t buf[1500];
+
+	for (;;) {
+		int s = open_bound_port(SOCK_DGRAM, IPPROTO_UDP, DISCARD_PORT);
+
+		while (s >= 0 && zsock_recv(s, buf, sizeof(buf), 0) >= 0) {
+		}
+		if (s >= 0) {
+			zsock_close(s);
+		}
+		k_sleep(K_SECONDS(1));
+	}
 }
 
 static void udp_echo(void *a, void *b, void *c)
@@ -83,11 +107,12 @@ static void tcp_echo(void *a, void *b, void *c)
 }
 
 K_THREAD_DEFINE(udp_echo_tid, 2048, udp_echo, NULL, NULL, NULL, 7, 0, 0);
+K_THREAD_DEFINE(udp_discard_tid, 2048, udp_discard, NULL, NULL, NULL, 7, 0, 0);
 K_THREAD_DEFINE(tcp_echo_tid, 2048, tcp_echo, NULL, NULL, NULL, 7, 0, 0);
 
 int main(void)
 {
-	LOG_INF("ivnet echo: UDP and TCP echo on port %d; shell: net iface, net ping, zperf",
-		ECHO_PORT);
+	LOG_INF("ivnet echo: UDP and TCP echo on port %d, UDP discard on %d; shell: net iface, "
+		"net ping, zperf", ECHO_PORT, DISCARD_PORT);
 	return 0;
 }
