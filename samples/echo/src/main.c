@@ -32,44 +32,26 @@ static int open_bound_port(int type, int proto, uint16_t port)
 	return s;
 }
 
-static int open_bound(int type, int proto)
+/*
+ * One UDP service on `port`: echoes each datagram back, or (discard, RFC 863) drops it; the
+ * discard port on 9 is a sink for load tests, whose arrivals `net stats` counts.
+ */
+static void udp_serve(void *port, void *echo, void *buf)
 {
-	return open_bound_port(type, proto, ECHO_PORT);
-}
-
-/* UDP discard (RFC 863) on port 9: a sink for load tests; `net stats` counts what arrived. */
-static void udp_discard(void *a, void *b, void *c)
-{
-	static uint8_t buf[1500];
-
 	for (;;) {
-		int s = open_bound_port(SOCK_DGRAM, IPPROTO_UDP, DISCARD_PORT);
-
-		while (s >= 0 && zsock_recv(s, buf, sizeof(buf), 0) >= 0) {
-		}
-		if (s >= 0) {
-			zsock_close(s);
-		}
-		k_sleep(K_SECONDS(1));
-	}
-}
-
-static void udp_echo(void *a, void *b, void *c)
-{
-	static uint8_t buf[1500];
-
-	for (;;) {
-		int s = open_bound(SOCK_DGRAM, IPPROTO_UDP);
+		int s = open_bound_port(SOCK_DGRAM, IPPROTO_UDP, (uint16_t)(uintptr_t)port);
 
 		while (s >= 0) {
 			struct sockaddr_in from;
 			socklen_t fl = sizeof(from);
-			ssize_t n = zsock_recvfrom(s, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+			ssize_t n = zsock_recvfrom(s, buf, 1500, 0, (struct sockaddr *)&from, &fl);
 
 			if (n < 0) {
 				break;
 			}
-			zsock_sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
+			if (echo) {
+				zsock_sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
+			}
 		}
 		if (s >= 0) {
 			zsock_close(s);
@@ -83,7 +65,7 @@ static void tcp_echo(void *a, void *b, void *c)
 	static uint8_t buf[1460];
 
 	for (;;) {
-		int s = open_bound(SOCK_STREAM, IPPROTO_TCP);
+		int s = open_bound_port(SOCK_STREAM, IPPROTO_TCP, ECHO_PORT);
 
 		while (s >= 0) {
 			int conn = zsock_accept(s, NULL, NULL);
@@ -106,8 +88,11 @@ static void tcp_echo(void *a, void *b, void *c)
 	}
 }
 
-K_THREAD_DEFINE(udp_echo_tid, 2048, udp_echo, NULL, NULL, NULL, 7, 0, 0);
-K_THREAD_DEFINE(udp_discard_tid, 2048, udp_discard, NULL, NULL, NULL, 7, 0, 0);
+static uint8_t echo_buf[1500], discard_buf[1500];
+
+K_THREAD_DEFINE(udp_echo_tid, 2048, udp_serve, (void *)ECHO_PORT, (void *)1, echo_buf, 7, 0, 0);
+K_THREAD_DEFINE(udp_discard_tid, 2048, udp_serve, (void *)DISCARD_PORT, NULL, discard_buf, 7, 0,
+		0);
 K_THREAD_DEFINE(tcp_echo_tid, 2048, tcp_echo, NULL, NULL, NULL, 7, 0, 0);
 
 int main(void)
