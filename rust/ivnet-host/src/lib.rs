@@ -7,9 +7,11 @@
 //! - [`client`]: what QEMU's device does on the other end of that socket;
 //! - [`link`]: one end of an ivshmem-net link (state machine and queues from `ivnet-core`);
 //! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
-//! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line.
+//! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line;
+//! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod link;
