@@ -1,25 +1,39 @@
 """Capacity benchmark: ivnet against Zephyr's virtio-net, side by side, on this machine.
 
-The same application (Zephyr's own samples/net/zperf, with ivnet's tuned profile) is built
-twice, once on ivnet (`-S ivnet`) and once on virtio-net (`-S virtio-net-baseline`), and
-measured with iperf 2 on the host side inside a network namespace made here:
+One command builds the images, measures, and writes a report:
 
-  tcp host->cell   iperf -c  -> zperf tcp download           (rate seen by iperf)
-  tcp cell->host   zperf tcp upload -> iperf -s              (rate seen by iperf)
-  udp host->cell   iperf -u -b RATE -> UDP discard port of the echo sample; the VM's own UDP
-                   receive counter (`net stats`) against the datagrams iperf sent: rate, loss
-                   (zperf's UDP download crashes Zephyr 4.3's shell as a session starts)
-  udp cell->host   zperf udp upload RATE -> iperf -s -u      (rate, loss seen by iperf)
-  ping rtt         ping -i 0.01 host->cell, p50 / p99
-  tcp cell<->cell  (ivnet only) zperf tcp upload -> zperf tcp download on a second VM
+  scripts/bench.sh                  quick mode (default; under 15 minutes with the builds)
+  scripts/bench.sh --full           the seed's method: 200 x 1 s samples for its capacity tests
 
-Every measurement boots a fresh VM (0.1 s): Zephyr 4.3's zperf crashes its shell at the end of
-a download session, so a VM is never reused after one. Prints a table and the ratios.
+The same application, Zephyr's own samples/net/zperf with ivnet's tuned profile (prj.conf), is
+built on ivnet (`-S ivnet`) and on virtio-net (`-S virtio-net-baseline`, same machine mode) and
+measured with iperf 2 in a network namespace made here (removed afterwards):
+
+  tcp host->cell   iperf -c -l SIZE         -> zperf tcp download   (rate seen by iperf)
+  tcp cell->host   zperf tcp upload SIZE    -> iperf -s             (rate seen by iperf)
+  udp host->cell   iperf -u -b RATE -l SIZE -> zperf udp download   (zperf's server report)
+  udp cell->host   zperf udp upload SIZE RATE -> iperf -s -u        (iperf's report)
+  ping             ping -i 0.01 from the namespace: every RTT is a sample
+  cell<->cell      (ivnet) two VMs on one link, zperf upload -> zperf download
+  tuning           ivnet with Zephyr's default network config, then each of the seed's steps
+  profile          guest PC samples (QEMU monitor) and host CPU per thread during a TCP run
+
+Both drivers' VMs run at once and the samples alternate between them, so drifts in the machine's
+load hit both alike. Output (--out): samples.csv (every sample), report.md (ratio table with
+mean, stddev and 95 % CI; tuning table; profile; configuration), PNG plots, and config/ (each
+image's .config and the QEMU lines).
 """
 
+from __future__ import annotations
+
 import argparse
+import bisect
+import csv
+import datetime
+import os
+import platform
 import re
-import statistics
+import shutil
 import subprocess
 import sys
 import time
@@ -28,198 +42,526 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pylib"))
 import ivnet_harness as h  # noqa: E402
 
+ROOT = h.ROOT
 HOST, CELL, CELL2 = "192.0.2.2", "192.0.2.1", "192.0.2.12"
+SIZES = (20, 256, 1024, 1460)
+DIRS = ("host->cell", "cell->host")
+TUNING_DIR = ROOT / "bench" / "tuning"
+# (key, label, fragments applied on top of zperf's prj.conf); the last row is the main image.
+TUNING = [
+    ("default", "Zephyr defaults", ["00-default.conf"]),
+    ("txq", "+ TX queue (NET_TC_TX_COUNT=1)", ["00-default.conf", "01-tx-queue.conf"]),
+    ("buf1500", "+ 1500 B buffers", ["00-default.conf", "01-tx-queue.conf", "02-buf-1500.conf"]),
+    ("seed", "+ 80 pkt/buf each way (seed profile)",
+     ["00-default.conf", "01-tx-queue.conf", "02-buf-1500.conf", "03-counts-80.conf"]),
+]
 
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- images ------------------------------------------------------------------------------
+
+def conf_settings(files: list[Path]) -> dict[str, str]:
+    out = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            m = re.match(r"\s*(CONFIG_\w+)=(.*)", line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def build(name: str, snippet: str, confs: list[Path], out: Path) -> Path:
+    """west build of Zephyr's zperf sample into build/bench/<name>; returns the ELF."""
+    d = ROOT / "build" / "bench" / name
+    zb = os.environ["ZEPHYR_BASE"]
+    confs = confs + [ROOT / "bench" / "zperf.conf"]
+    cmd = ["west", "build", "-b", "qemu_cortex_a53", f"{zb}/samples/net/zperf", "-d", str(d),
+           "-S", snippet, "--", f"-DEXTRA_ZEPHYR_MODULES={ROOT}",
+           "-DEXTRA_CONF_FILE=" + ";".join(str(c) for c in confs)]
+    if os.environ.get("ZEPHYR_TOOLCHAIN_VARIANT") == "cross-compile":
+        # Debian's cross gcc has no picolibc/POSIX layer for Zephyr (docs/zephyr-workspace.md).
+        cmd += ["-DCONFIG_POSIX_API=n", "-DCONFIG_MINIMAL_LIBC=y", "-DCONFIG_PICOLIBC_USE_MODULE=n"]
+    t = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        sys.stderr.write(r.stdout[-4000:] + r.stderr[-4000:])
+        raise SystemExit(f"build of {name} failed: {' '.join(cmd)}")
+    (out / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy(d / "zephyr" / ".config", out / "config" / f"{name}.config")
+    (out / "config" / f"{name}.build").write_text(" ".join(cmd) + "\n")
+    log(f"  built {name} in {time.time() - t:.0f} s")
+    return d / "zephyr" / "zephyr.elf"
+
+
+# ---- parsing iperf 2 and zperf output ----------------------------------------------------
+
+def mbit(text: str) -> float:
+    r = re.findall(r"([\d.]+) ([MKG]?)bits/sec", text)
+    if not r:
+        raise ValueError(f"no rate in: {text[-300:]!r}")
+    v, u = r[-1]
+    return float(v) * {"K": 1e-3, "M": 1.0, "G": 1e3, "": 1e-6}[u]
+
+
+def lost_total(text: str) -> tuple[int, int]:
+    m = re.findall(r"\s(-?\d+)/\s*(\d+)\s+\(", text)
+    if not m:
+        raise ValueError(f"no loss figure in: {text[-300:]!r}")
+    return max(0, int(m[-1][0])), int(m[-1][1])
+
+
+# ---- one driver's world ------------------------------------------------------------------
 
 class Env:
-    """One driver's world: namespace + TAP, and for ivnet a link server and host peer."""
+    """A namespace with a TAP (ivnet: plus a link server and the host peer) and the VMs on it."""
 
-    def __init__(self, kind, elf, work, st):
-        self.kind, self.elf, self.work, self.st = kind, elf, work, st
+    def __init__(self, kind: str, work: Path, st: h.Stack):
+        self.kind, self.work, self.st = kind, work, st
         self.ns = st.push(h.Netns(f"ivbench-{kind}"))
-        tap = "ivtap0" if kind == "ivnet" else "zeth"
-        self.ns.tap(tap, f"{HOST}/24")
-        self.tap = tap
-        self.n = 0
+        self.tap = "ivtap0" if kind == "ivnet" else "zeth"
+        self.ns.tap(self.tap, f"{HOST}/24")
+        self.peer = None
         if kind == "ivnet":
-            self.link = work / "link.sock"
-            st.push(h.Server(self.link, work / "server.log"))
-            st.push(h.HostPeer(self.ns, self.link, tap, work / "peer.log"))
+            self.link = work / f"{kind}-link.sock"
+            st.push(h.Server(self.link, work / f"{kind}-server.log"))
+            self.peer = st.push(h.HostPeer(self.ns, self.link, self.tap, work / f"{kind}-peer.log"))
+        self.vm = None
+        self.elf = None
+        self.n = 0
 
-    def vm(self, links=None, name=None, wait=True, elf=None):
+    def boot(self, elf: Path) -> h.Vm:
+        """Boots `elf` (replacing any VM of this env) and starts zperf's download servers."""
+        self.shutdown()
+        self.elf = elf
         self.n += 1
-        # A new VM may come with a new MAC: forget the last one's.
         subprocess.run(["ip", "-n", self.ns.name, "neigh", "flush", "all"], check=False)
-        name = name or f"{self.kind}{self.n}"
+        name = f"{self.kind}{self.n}"
         if self.kind == "ivnet":
-            vm = h.Vm(elf or self.elf, links or [self.link], self.work, name)
-            if not wait:
-                return vm
-            vm.wait_for("ivnet0: carrier on", 20)
+            vm = h.Vm(elf, [self.link], self.work, name, monitor=True)
+            self.vm = vm
+            vm.wait_for("ivnet0: carrier on", 30)
         else:
-            vm = h.Vm(elf or self.elf, [], self.work, name, virtio_tap=(self.ns, self.tap))
-        vm.wait_for(re.escape(h.Vm.PROMPT), 20)
+            vm = h.Vm(elf, [], self.work, name, virtio_tap=(self.ns, self.tap), monitor=True)
+            self.vm = vm
+        vm.wait_for(r"net_config: IPv4 address", 30)
+        vm.wait_for(re.escape(h.Vm.PROMPT), 10)
         time.sleep(0.3)
+        vm.shell("zperf tcp download 5001", r"TCP server started|already")
+        vm.shell("zperf udp download 5001", r"UDP server started|already")
+        self.ns.run("ping", "-c", "2", "-i", "0.2", "-W", "2", CELL, check=False)  # ARP
         return vm
 
+    def ensure(self) -> h.Vm:
+        """The VM, rebooted if it died."""
+        if self.vm is None or self.vm.proc.poll() is not None:
+            if self.elf is None:
+                raise RuntimeError(f"{self.kind}: no image booted")
+            log(f"  ({self.kind}: VM gone, booting it again)")
+            self.boot(self.elf)
+        return self.vm
 
-def mbit(text):
-    r = re.findall(r"([\d.]+) ([MK])bits/sec", text)
-    if not r:
-        raise ValueError(f"no rate in: {text[-400:]}")
-    v, u = r[-1]
-    return float(v) / (1000 if u == "K" else 1)
+    def shutdown(self) -> None:
+        if self.vm:
+            self.vm.close()
+            self.vm = None
+
+    def close(self) -> None:
+        self.shutdown()
 
 
-def loss(text):
-    """Loss from iperf 2's `lost/total (pct%)` column (the last report line)."""
-    m = re.findall(r"\s(\d+)/\s*(\d+)\s+\(([\d.e+-]+)%\)", text)
-    if not m:
-        raise ValueError(f"no loss figure in: {text[-400:]}")
-    lost, total = int(m[-1][0]), int(m[-1][1])
-    return 100.0 * lost / max(1, total)
+def zrate(mbit_s: float) -> str:
+    """A rate as zperf's shell parses it (an integer with a unit; "50.0M" would not parse)."""
+    return f"{int(round(mbit_s * 1000))}K"
 
 
-def iperf_server(env, args, seconds):
-    return subprocess.Popen(env.ns.cmd("timeout", str(seconds + 25), "iperf", "-s", "-f", "m", *args),
+def iperf_server(env: Env, udp: bool, port: int, secs: float) -> subprocess.Popen:
+    args = ["timeout", str(int(secs) + 30), "iperf", "-s", "-P", "1", "-f", "m", "-p", str(port)]
+    # UDP: a 4 MB socket buffer, so the host's receiver is not what drops datagrams.
+    return subprocess.Popen(env.ns.cmd(*args, *(["-u", "-w", "4M"] if udp else [])),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def tcp_rx(env, s, _rate):
-    with env.vm() as vm:
-        vm.shell("zperf tcp download 5001", "Listening on port 5001")
-        r = env.ns.run("iperf", "-c", CELL, "-p", "5001", "-t", str(s), "-f", "m", timeout=s + 30, check=False)
-        return {"Mbit/s": mbit(r.stdout)}
+def wait_server(p: subprocess.Popen, secs: float) -> str:
+    try:
+        return p.communicate(timeout=secs)[0]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.communicate()[0]
 
 
-def tcp_tx(env, s, _rate):
-    srv = iperf_server(env, ["-p", "5002"], s)
-    time.sleep(0.5)
-    with env.vm() as vm:
-        vm.shell(f"zperf tcp upload {HOST} 5002 {s} 1K", r"Upload completed|failed", s + 30)
-    srv.terminate()
-    return {"Mbit/s": mbit(srv.communicate()[0])}
-
-
-def udp_recv_count(vm):
-    m = re.search(r"UDP recv\s+(\d+)", vm.shell("net stats", timeout=10))
-    if not m:
-        raise ValueError("no UDP counter in net stats")
-    return int(m.group(1))
-
-
-def udp_rx(env, s, rate):
-    with env.vm(elf=env.echo_elf) as vm:
-        vm.shell(f"net ipv4 add 1 {CELL} 255.255.255.0")
-        env.ns.run("ping", "-c", "3", "-i", "0.2", CELL, check=False)  # resolve ARP first
-        before = udp_recv_count(vm)
-        r = env.ns.run("iperf", "-c", CELL, "-u", "-p", "9", "-b", f"{rate}M", "-l", "1024",
-                       "-t", str(s), "-f", "m", timeout=s + 30, check=False)
+def run_sample(env: Env, proto: str, direction: str, size: int, secs: int, rate: float) -> dict:
+    """One sample; returns {'mbit': .., 'loss_pct': ..} (loss for UDP only)."""
+    vm = env.ensure()
+    if direction == "host->cell":
+        if proto == "tcp":
+            r = env.ns.run("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", str(size),
+                           "-f", "m", timeout=secs + 30, check=False)
+            return {"mbit": mbit(r.stdout)}
+        r = env.ns.run("iperf", "-c", CELL, "-u", "-p", "5001", "-b", f"{rate}M", "-l", str(size),
+                       "-t", str(secs), "-f", "m", timeout=secs + 30, check=False)
+        if "Server Report" not in r.stdout:
+            raise ValueError("no server report from zperf")
+        rep = r.stdout[r.stdout.index("Server Report"):]
         sent = re.findall(r"Sent (\d+) datagrams", r.stdout)
-        if not sent:
-            raise ValueError(f"iperf: {r.stdout[-300:]}{r.stderr[-200:]}")
-        time.sleep(1)
-        got = udp_recv_count(vm) - before
-        n = int(sent[-1])
-        return {"Mbit/s": got * 1024 * 8 / s / 1e6, "loss %": 100.0 * max(0, n - got) / max(1, n)}
+        iv = re.findall(r"([\d.]+)-\s*([\d.]+) sec", rep)
+        if not sent or not iv:
+            raise ValueError(f"iperf: {r.stdout[-300:]!r}")
+        # Loss from what iperf sent and what zperf received (its rate over its interval):
+        # zperf's own lost/total counts sequence gaps and overcounts under reordering.
+        got = mbit(rep) * 1e6 * (float(iv[-1][1]) - float(iv[-1][0])) / 8 / size
+        return {"mbit": mbit(rep), "loss_pct": max(0.0, 100.0 * (1 - got / int(sent[-1])))}
+    port = 5002 if proto == "tcp" else 5003
+    srv = iperf_server(env, proto == "udp", port, secs)
+    time.sleep(0.25)
+    since = vm.mark()
+    if proto == "tcp":
+        cmd = f"zperf tcp upload {HOST} {port} {secs} {size}"
+    else:
+        cmd = f"zperf udp upload {HOST} {port} {secs} {size} {zrate(rate)}"
+    got = vm.shell(cmd, r"Upload completed|failed|rror", secs + 30)
+    out = wait_server(srv, 10)
+    # zperf prints its statistics after "completed": let it finish before the next command.
+    vm.wait_for(re.escape(h.Vm.PROMPT), 10, since=since + len(got))
+    time.sleep(0.1)
+    res = {"mbit": mbit(out)}
+    if proto == "udp":
+        lost, total = lost_total(out)
+        res["loss_pct"] = 100.0 * lost / max(1, total)
+    return res
 
 
-def udp_tx(env, s, rate):
-    srv = iperf_server(env, ["-u", "-p", "5003"], s)
-    time.sleep(0.5)
-    with env.vm() as vm:
-        vm.shell(f"zperf udp upload {HOST} 5003 {s} 1K {rate}M", r"Upload completed|failed", s + 30)
-    time.sleep(1)
-    srv.terminate()
-    out = srv.communicate()[0]
-    return {"Mbit/s": mbit(out), "loss %": loss(out)}
+def ping_sample(env: Env, count: int) -> list[float]:
+    env.ensure()
+    r = env.ns.run("ping", "-c", str(count), "-i", "0.01", "-W", "1", CELL, timeout=count * 0.05 + 30,
+                   check=False)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
+    if len(rtts) < count * 0.95:
+        raise ValueError(f"only {len(rtts)}/{count} ping replies")
+    return rtts
 
 
-def ping(env, _s, _rate):
-    with env.vm():
-        r = env.ns.run("ping", "-c", "300", "-i", "0.01", "-W", "1", CELL, timeout=60, check=False)
-        rtts = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout))
-        if len(rtts) < 290:
-            raise ValueError(f"only {len(rtts)}/300 replies")
-        return {"p50 ms": statistics.median(rtts), "p99 ms": rtts[int(len(rtts) * 0.99) - 1]}
+# ---- profile -----------------------------------------------------------------------------
+
+def elf_symbols(elf: Path) -> tuple[list[int], list[str]]:
+    from elftools.elf.elffile import ELFFile  # pyelftools: a Zephyr build requirement
+    syms = []
+    with open(elf, "rb") as f:
+        for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            if s["st_info"]["type"] == "STT_FUNC" and s["st_value"]:
+                syms.append((s["st_value"], s.name))
+    syms.sort()
+    return [a for a, _ in syms], [n for _, n in syms]
 
 
-def cell_cell(env, s, _rate):
-    lan = env.work / "lan.sock"
-    with h.Server(lan, env.work / "server-lan.log"):
-        a = env.vm([lan], "cellA", wait=False)
-        b = env.vm([lan], "cellB", wait=False)
+def thread_times(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of `pid` (name/tid -> utime+stime)."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for t in Path(f"/proc/{pid}/task").iterdir():
         try:
-            for vm in (a, b):
-                vm.wait_for("ivnet0: carrier on", 20)
-                vm.wait_for(re.escape(h.Vm.PROMPT), 20)
-            time.sleep(0.3)
-            b.shell("net ipv4 del 1 192.0.2.1")
-            b.shell(f"net ipv4 add 1 {CELL2} 255.255.255.0")
-            b.shell("zperf tcp download 5001", "Listening on port 5001")
-            out = a.shell(f"zperf tcp upload {CELL2} 5001 {s} 1K",
-                          r"Upload completed![\s\S]*?Rate:\s+[\d.]+ [MK]bps|failed", s + 30)
-            # zperf prints its configured rate before starting; the result follows "completed".
-            tail = out[out.find("Upload completed"):] if "Upload completed" in out else ""
-            m = re.findall(r"Rate:\s+([\d.]+) ([MK])bps", tail)
-            if not m:
-                raise ValueError(out[-400:])
-            v, u = m[-1]
-            return {"Mbit/s": float(v) / (1000 if u == "K" else 1)}
-        finally:
-            a.close()
-            b.close()
-
-
-TESTS = [("tcp host->cell", tcp_rx), ("tcp cell->host", tcp_tx), ("udp host->cell", udp_rx),
-         ("udp cell->host", udp_tx), ("ping rtt", ping)]
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ivnet-elf", type=Path, required=True)
-    ap.add_argument("--virtio-elf", type=Path, required=True)
-    ap.add_argument("--ivnet-echo-elf", type=Path, default=Path("build/echo/zephyr/zephyr.elf"),
-                    help="samples/echo on ivnet (UDP sink for udp host->cell)")
-    ap.add_argument("--virtio-echo-elf", type=Path, default=Path("build/echo-virtio/zephyr/zephyr.elf"),
-                    help="samples/echo on virtio-net (-S virtio-net-baseline)")
-    ap.add_argument("--seconds", type=int, default=10, help="length of each throughput run")
-    ap.add_argument("--udp-rate", type=int, default=150, help="offered UDP rate, Mbit/s")
-    ap.add_argument("-v", action="store_true", help="print raw iperf output")
-    ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(n for n, _ in TESTS))
-    a = ap.parse_args()
-    chosen = [t for t in TESTS if not a.only or t[0] in a.only.split(",")]
-    results = {}
-    for kind, elf, echo in (("virtio", a.virtio_elf, a.virtio_echo_elf), ("ivnet", a.ivnet_elf, a.ivnet_echo_elf)):
-        wd = h.Workdir(f"ivbench-{kind}")
-        with h.Stack() as st:
-            st.push(wd)
-            env = Env(kind, elf, wd.path, st)
-            env.echo_elf = echo
-            cc = not a.only or "tcp cell<->cell" in a.only.split(",")
-            tests = chosen + ([("tcp cell<->cell", cell_cell)] if kind == "ivnet" and cc else [])
-            for name, fn in tests:
-                try:
-                    results[(kind, name)] = fn(env, a.seconds, a.udp_rate)
-                except Exception as e:  # report and go on
-                    results[(kind, name)] = {"error": str(e).splitlines()[0][:60]}
-                print(f"  {kind:6} {name:16} {results[(kind, name)]}", flush=True)
-    print(f"\nivnet vs virtio-net, qemu_cortex_a53 (TCG), {a.seconds} s runs, UDP offered {a.udp_rate} Mbit/s, 1 KiB datagrams")
-    print(f"{'measurement':18} {'virtio-net':>22} {'ivnet':>22} {'ivnet/virtio':>13}")
-    for name, _ in TESTS + [("tcp cell<->cell", None)]:
-        v, i = results.get(("virtio", name)), results.get(("ivnet", name))
-        if v is None and i is None:
+            st = (t / "stat").read_text()
+        except OSError:
             continue
-        fmt = lambda r: "-" if r is None else ("error" if "error" in r else "  ".join(f"{x:.2f} {k}" if k != "Mbit/s" else f"{x:.1f} {k}" for k, x in r.items()))
-        ratio = ""
-        if name == "tcp cell<->cell" and i and "Mbit/s" in i and (v2 := results.get(("virtio", "tcp cell->host"))) and "Mbit/s" in v2:
-            ratio = f"{i['Mbit/s'] / v2['Mbit/s']:.2f}x (vs virtio cell->host)"
-        elif v and i and "Mbit/s" in v and "Mbit/s" in i:
-            ratio = f"{i['Mbit/s'] / v['Mbit/s']:.2f}x"
-        elif v and i and "p50 ms" in v and "p50 ms" in i:
-            ratio = f"p50 {i['p50 ms'] / v['p50 ms']:.2f}x, p99 {i['p99 ms'] / v['p99 ms']:.2f}x"
-        print(f"{name:18} {fmt(v):>22} {fmt(i):>22} {ratio:>13}")
+        name = st[st.index("(") + 1:st.rindex(")")]
+        f = st[st.rindex(")") + 2:].split()
+        out[f"{name}/{t.name}"] = (int(f[11]) + int(f[12])) / tck
+    return out
+
+
+def profile(env: Env, secs: int, interval: float = 0.01) -> dict:
+    """During a TCP host->cell run: guest PCs by function, host CPU by process thread."""
+    vm = env.ensure()
+    addrs, names = elf_symbols(env.elf)
+    procs = {"qemu": vm.proc.pid}
+    if env.peer:
+        procs["ivnet peer"] = env.peer.proc.pid
+    ipf = subprocess.Popen(env.ns.cmd("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", "1460", "-f", "m"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs["iperf"] = ipf.pid
+    time.sleep(0.5)
+    before = {k: thread_times(p) for k, p in procs.items()}
+    t0 = time.time()
+    counts: dict[str, int] = {}
+    n = 0
+    while time.time() - t0 < secs - 1:
+        pc = vm.sample_pc()
+        if pc is not None:
+            i = bisect.bisect_right(addrs, pc) - 1
+            fn = names[i] if i >= 0 else hex(pc)
+            counts[fn] = counts.get(fn, 0) + 1
+            n += 1
+        time.sleep(interval)
+    after = {k: thread_times(p) for k, p in procs.items()}
+    dt = time.time() - t0
+    out_text = ipf.communicate(timeout=30)[0]
+    host = []
+    for k in procs:
+        for th, cpu in after[k].items():
+            d = cpu - before[k].get(th, 0.0)
+            if d / dt >= 0.01:
+                host.append((f"{k}: {th.split('/')[0]}", 100.0 * d / dt))
+    host.sort(key=lambda x: -x[1])
+    guest = sorted(counts.items(), key=lambda x: -x[1])
+    return {"guest": [(f, 100.0 * c / max(1, n)) for f, c in guest[:15]], "samples": n,
+            "host": host, "mbit": mbit(out_text) if "bits/sec" in out_text else float("nan")}
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+class Recorder:
+    def __init__(self, out: Path, total: int):
+        self.rows: list[dict] = []
+        self.f = open(out / "samples.csv", "w", newline="")
+        self.w = csv.DictWriter(self.f, ["driver", "image", "test", "proto", "direction", "size",
+                                         "offered_mbit", "rep", "seconds", "metric", "value", "error"])
+        self.w.writeheader()
+        self.total, self.done, self.t0 = total, 0, time.time()
+
+    def add(self, **row) -> None:
+        row.setdefault("error", "")
+        self.rows.append(row)
+        self.w.writerow(row)
+        self.f.flush()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        el = time.time() - self.t0
+        left = el / self.done * (self.total - self.done)
+        log(f"[{self.done:3}/{self.total}] {text}   ({el / 60:.1f} min, ~{left / 60:.1f} min left)")
+
+
+def measure(env: Env, rec: Recorder, image: str, test: str, proto: str, direction: str, size: int,
+            rate: float, rep: int, secs: int) -> None:
+    base = dict(driver=env.kind, image=image, test=test, proto=proto, direction=direction, size=size,
+                offered_mbit=rate if proto == "udp" else "", rep=rep, seconds=secs)
+    try:
+        r = run_sample(env, proto, direction, size, secs, rate)
+        for k, v in r.items():
+            rec.add(**base, metric=k, value=f"{v:.4f}")
+        txt = f"{r['mbit']:.1f} Mbit/s" + (f", {r['loss_pct']:.2f} % loss" if "loss_pct" in r else "")
+    except Exception as e:  # a failed sample is recorded and the run goes on
+        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        rec.add(**base, metric="mbit", value="", error=msg)
+        txt = f"ERROR {msg}"
+        if isinstance(e, (TimeoutError, RuntimeError)):
+            try:
+                env.boot(env.elf)  # the shell may be wedged: start clean
+            except Exception as e2:
+                log(f"  ({env.kind}: reboot failed: {e2}; next sample tries again)")
+                env.shutdown()
+    rec.step(f"{env.kind:6} {image:8} {proto} {direction} {size:4} B"
+             + (f" @{rate:g}M" if proto == "udp" else "") + f" #{rep}: {txt}")
+
+
+def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: float) -> None:
+    lan = work / "cc-link.sock"
+    with h.Stack() as st:
+        st.push(h.Server(lan, work / "cc-server.log"))
+        a = st.push(h.Vm(elf, [lan], work, "cellA"))
+        b = st.push(h.Vm(elf, [lan], work, "cellB"))
+        for vm in (a, b):
+            vm.wait_for("ivnet0: carrier on", 30)
+            vm.wait_for(r"net_config: IPv4 address", 30)
+            vm.wait_for(re.escape(h.Vm.PROMPT), 10)
+        time.sleep(0.3)
+        b.shell(f"net ipv4 del 1 {CELL}")
+        b.shell(f"net ipv4 add 1 {CELL2} 255.255.255.0")
+        b.shell("zperf tcp download 5001", "TCP server started")
+        b.shell("zperf udp download 5001", "UDP server started")
+        for proto, size in (("tcp", 1460), ("udp", 1024)):
+            for rep in range(reps):
+                base = dict(driver="ivnet", image="ivnet", test="cell<->cell", proto=proto,
+                            direction="cell->cell", size=size, offered_mbit=rate if proto == "udp" else "",
+                            rep=rep, seconds=secs)
+                cmd = (f"zperf tcp upload {CELL2} 5001 {secs} {size}" if proto == "tcp"
+                       else f"zperf udp upload {CELL2} 5001 {secs} {size} {zrate(rate)}")
+                try:
+                    out = a.shell(cmd, r"Upload completed![\s\S]*?Rate:\s+[\d.]+ [MK]bps|failed|rror", secs + 30)
+                    tail = out[out.find("Upload completed"):] if "Upload completed" in out else out
+                    m = re.findall(r"Rate:\s+([\d.]+) ([MK])bps", tail)
+                    if "Upload completed" not in out or not m:
+                        raise ValueError(out[-200:])
+                    v = float(m[-1][0]) / (1000 if m[-1][1] == "K" else 1)
+                    rec.add(**base, metric="mbit", value=f"{v:.4f}")
+                    if proto == "udp":
+                        lm = re.search(r"Num packets lost:\s+(\d+)", tail)
+                        pm = re.search(r"Num packets:\s+(\d+)", tail)
+                        if lm and pm and int(pm.group(1)):
+                            rec.add(**base, metric="loss_pct",
+                                    value=f"{100.0 * int(lm.group(1)) / int(pm.group(1)):.4f}")
+                    txt = f"{v:.1f} Mbit/s"
+                except Exception as e:
+                    rec.add(**base, metric="mbit", value="", error=str(e).splitlines()[0][:120])
+                    txt = "ERROR"
+                time.sleep(0.5)
+                rec.step(f"ivnet  cell<->cell {proto} {size} B #{rep}: {txt}")
+
+
+def machine_info(out: Path, envs: dict) -> dict:
+    def ver(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "n/a"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": f"{platform.node()} {platform.release()}, {os.cpu_count()} CPUs, {cpu}",
+        "ivnet": ver(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+        "zephyr": (Path(os.environ["ZEPHYR_BASE"]) / "VERSION").read_text().replace("\n", " ").strip(),
+        "qemu": ver(["qemu-system-aarch64", "--version"]),
+        "iperf": ver(["iperf", "-v"]),
+        "toolchain": os.environ.get("ZEPHYR_TOOLCHAIN_VARIANT", "?") + " " + ver(
+            [os.environ.get("CROSS_COMPILE", "aarch64-linux-gnu-") + "gcc", "--version"]),
+        "rustc": ver(["rustc", "--version"]),
+    }
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true",
+                    help="the seed's method: 200 x 1 s samples for its capacity tests (cell->host TCP 256 B, "
+                         "UDP 20/256/1024 B), 10 x 5 s for the rest; takes hours")
+    ap.add_argument("--reps", type=int, help="samples per test (quick: 3)")
+    ap.add_argument("--seconds", type=int, help="length of each sample (quick: 1)")
+    ap.add_argument("--udp-rate", type=float, default=100, help="offered UDP rate in the size matrix, Mbit/s")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="payload sizes, bytes")
+    ap.add_argument("--rates", help="UDP offered-rate sweep, Mbit/s (quick: 10,25,50,100,150)")
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: matrix,sweep,ping,cc,tuning,profile,micro")
+    ap.add_argument("--tests", help="matrix subset, e.g. tcp:host->cell,udp:cell->host (default: all four)")
+    ap.add_argument("--out", type=Path, help="report directory (default bench-out/<date>)")
+    a = ap.parse_args()
+    reps = a.reps or (10 if a.full else 3)
+    secs = a.seconds or (5 if a.full else 1)
+    sizes = [int(x) for x in a.sizes.split(",")]
+    rates = [float(x) for x in (a.rates or ("5,10,25,50,75,100,150,200" if a.full else "10,25,50,100,150")).split(",")]
+    skip = set(filter(None, a.skip.split(",")))
+    out = a.out or ROOT / "bench-out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    log(f"ivnet benchmark -> {out}")
+
+    # The matrix: (proto, direction, size, reps, seconds); in --full, the seed's capacity tests
+    # get 200 x 1 s samples.
+    seed_tests = {("tcp", "cell->host", 256), ("udp", "cell->host", 20), ("udp", "cell->host", 256),
+                  ("udp", "cell->host", 1024)}
+    matrix = []
+    if "matrix" not in skip:
+        for proto in ("tcp", "udp"):
+            for d in DIRS:
+                if a.tests and f"{proto}:{d}" not in a.tests.split(","):
+                    continue
+                for s in sizes:
+                    r, t = (200, 1) if a.full and (proto, d, s) in seed_tests else (reps, secs)
+                    matrix.append((proto, d, s, r, t))
+    sweep = [] if "sweep" in skip else [(d, r) for d in DIRS for r in rates]
+    tun_rows = [] if "tuning" in skip else TUNING
+    total = (2 * sum(m[3] for m in matrix) + 2 * len(sweep) * (3 if a.full else 1)
+             + (0 if "ping" in skip else 2) + (0 if "cc" in skip else 2 * reps)
+             + len(tun_rows) * 4 + (0 if "profile" in skip else 2))
+
+    # ---- builds
+    log("building images (zperf sample; incremental when already built)")
+    prj = ROOT / "prj.conf"
+    elfs = {"ivnet": build("ivnet", "ivnet", [prj], out),
+            "virtio": build("virtio", "virtio-net-baseline", [prj], out)}
+    tun_elfs = {}
+    for key, _label, frags in tun_rows:
+        files = [TUNING_DIR / f for f in frags]
+        if conf_settings(files) == conf_settings([prj]):
+            tun_elfs[key] = elfs["ivnet"]  # exactly the main image's settings: no second build
+            continue
+        tun_elfs[key] = build(f"tune-{key}", "ivnet", files, out)
+    log(f"builds done in {(time.time() - t_start) / 60:.1f} min")
+
+    rec = Recorder(out, total)
+    profiles = {}
+    qemu_lines = {}
+    with h.Stack() as st:
+        wd = st.push(h.Workdir("ivbench"))
+        envs = {k: st.push(Env(k, wd.path, st)) for k in ("virtio", "ivnet")}
+        for k, e in envs.items():
+            e.boot(elfs[k])
+            qemu_lines[k] = " ".join(e.vm.cmdline)
+        # Alternate the drivers sample by sample.
+        for proto, d, s, r, t in matrix:
+            for rep in range(r):
+                for k in ("virtio", "ivnet"):
+                    measure(envs[k], rec, k, "size", proto, d, s, a.udp_rate, rep, t)
+        for d, rate in sweep:
+            for rep in range(3 if a.full else 1):
+                for k in ("virtio", "ivnet"):
+                    measure(envs[k], rec, k, "sweep", "udp", d, 1024, rate, rep, secs)
+        if "ping" not in skip:
+            for k in ("virtio", "ivnet"):
+                base = dict(driver=k, image=k, test="ping", proto="icmp", direction="host->cell", size=56,
+                            offered_mbit="", rep=0, seconds="")
+                try:
+                    rtts = ping_sample(envs[k], 1000 if a.full else 300)
+                    for i, x in enumerate(rtts):
+                        rec.add(**{**base, "rep": i}, metric="rtt_ms", value=f"{x:.3f}")
+                    txt = f"{len(rtts)} replies, median {sorted(rtts)[len(rtts) // 2]:.2f} ms"
+                except Exception as e:
+                    rec.add(**base, metric="rtt_ms", value="", error=str(e)[:120])
+                    txt = f"ERROR {e}"
+                rec.step(f"{k:6} ping: {txt}")
+        if "profile" not in skip:
+            for k in ("virtio", "ivnet"):
+                try:
+                    profiles[k] = profile(envs[k], max(6, secs))
+                    txt = f"{profiles[k]['samples']} guest samples, {profiles[k]['mbit']:.1f} Mbit/s"
+                except Exception as e:
+                    txt = f"ERROR {e}"
+                rec.step(f"{k:6} profile (tcp host->cell): {txt}")
+        envs["virtio"].shutdown()
+        # Tuning table: ivnet with each configuration step; the virtio row is the main image.
+        for key, _label, _f in tun_rows:
+            env = envs["ivnet"]
+            if tun_elfs[key] != env.elf:
+                env.boot(tun_elfs[key])
+            for proto, d, s in (("tcp", "cell->host", 1460), ("tcp", "host->cell", 1460),
+                                ("udp", "cell->host", 1024), ("udp", "host->cell", 1024)):
+                measure(env, rec, f"tune-{key}", "tuning", proto, d, s, a.udp_rate, 0, max(2, secs))
+        envs["ivnet"].shutdown()
+        if "cc" not in skip:
+            cell_cell(wd.path, elfs["ivnet"], rec, reps, max(2, secs), a.udp_rate)
+
+    micro = None
+    if "micro" not in skip:
+        micro = run_micro()
+    info = machine_info(out, qemu_lines)
+    info["elapsed"] = f"{(time.time() - t_start) / 60:.1f} min"
+    (out / "config" / "qemu.txt").write_text("\n".join(f"{k}: {v}" for k, v in qemu_lines.items()) + "\n")
+    import bench_report
+    md = bench_report.write(out, rec.rows, dict(info=info, profiles=profiles, micro=micro,
+                                                  tuning=[(k, lab) for k, lab, _ in tun_rows],
+                                                  udp_rate=a.udp_rate, reps=reps, secs=secs,
+                                                  full=a.full, qemu=qemu_lines,
+                                                  tuning_files={k: f for k, _l, f in tun_rows}))
+    log(f"\nreport: {out / 'report.md'}  ({(time.time() - t_start) / 60:.1f} min in all)\n")
+    print(md.split("## Tuning")[0])
     return 0
+
+
+def run_micro() -> dict | None:
+    """The host microbenchmark of the protocol core (`ivnet bench-core`)."""
+    try:
+        r = subprocess.run([str(h.ivnet_bin()), "bench-core"], capture_output=True, text=True, timeout=120)
+    except Exception as e:
+        log(f"  microbenchmark: {e}")
+        return None
+    res = []
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res.append(dict(kv.split("=", 1) for kv in line.split()[1:]))
+    log(f"  microbenchmark: {len(res)} figures")
+    return {"results": res, "text": r.stdout + r.stderr, "rc": r.returncode}
 
 
 if __name__ == "__main__":

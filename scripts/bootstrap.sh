@@ -70,10 +70,12 @@ done
 
 # ---- Rust --------------------------------------------------------------------------------
 if command -v rustup >/dev/null 2>&1; then
-  if ! rustup target list --installed | grep -qx aarch64-unknown-none; then
-    log "rustup target add aarch64-unknown-none"
-    rustup target add aarch64-unknown-none
-  fi
+  for t in aarch64-unknown-none-softfloat aarch64-unknown-none; do
+    if ! rustup target list --installed | grep -qx "$t"; then
+      log "rustup target add $t"
+      rustup target add "$t"
+    fi
+  done
   rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 else
   # Debian's Rust: build core/alloc from source for the bare-metal target.
@@ -89,6 +91,11 @@ if [ ! -x "$venv/bin/west" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q west
+fi
+# The benchmark's statistics and plots (scripts/bench.py).
+if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels" 2>/dev/null; then
+  log "installing the benchmark's analysis libraries into $venv"
+  "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
 fi
 if [ -d "$ws/zephyr/scripts" ]; then
   stamp="$venv/.ivnet-reqs"

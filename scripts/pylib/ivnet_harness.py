@@ -150,16 +150,19 @@ class Vm:
     PROMPT = "uart:~$"
 
     def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
-                 virtio_tap: tuple[Netns, str] | None = None):
+                 virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False):
         """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
         (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
-        runs inside that namespace."""
+        runs inside that namespace. `monitor`: a QEMU monitor socket for `sample_pc`."""
         self.name = name
         self.con_path = workdir / f"{name}-console.sock"
         self.log_path = workdir / f"{name}-console.log"
+        self.mon_path = workdir / f"{name}-monitor.sock" if monitor else None
+        self.mon = None
+        mon = f"unix:{self.mon_path},server=on,wait=off" if monitor else "none"
         qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
                 "-global", "virtio-mmio.force-legacy=false",
-                "-machine", "virt,gic-version=3", "-net", "none", "-monitor", "none",
+                "-machine", "virt,gic-version=3", "-net", "none", "-monitor", mon,
                 "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
                 "-serial", "chardev:con"]
         for i, link in enumerate(links):
@@ -171,6 +174,7 @@ class Vm:
             qemu = virtio_tap[0].cmd(*qemu)
         qemu += ["-kernel", str(elf)]
         qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split()
+        self.cmdline = qemu
         self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.buf = ""
@@ -233,11 +237,45 @@ class Vm:
         with self.lock:
             return self.buf[since:m.end()]
 
-    def close(self) -> None:
+    def _monitor(self, cmd: str) -> str:
+        """One HMP command on the monitor socket; returns its output."""
+        if self.mon is None:
+            if self.mon_path is None:
+                raise RuntimeError(f"{self.name}: started without a monitor")
+            self.mon = socket.socket(socket.AF_UNIX)
+            self.mon.settimeout(5)
+            self.mon.connect(str(self.mon_path))
+            self._mon_read()
+        self.mon.sendall(cmd.encode() + b"\n")
+        return self._mon_read()
+
+    def _mon_read(self) -> str:
+        out = b""
+        while not out.endswith(b"(qemu) "):
+            d = self.mon.recv(65536)
+            if not d:
+                raise RuntimeError(f"{self.name}: monitor closed")
+            out += d
+        return ANSI.sub("", out.decode(errors="replace"))
+
+    def sample_pc(self) -> int | None:
+        """The guest CPU's program counter right now. The VM is stopped for the reading: a
+        running TCG vCPU only writes its PC back when it leaves a chain of translated blocks,
+        which would bias the samples towards I/O and timer code."""
+        self._monitor("stop")
         try:
-            self.sock.close()
-        except OSError:
-            pass
+            m = re.search(r"PC=([0-9a-fA-F]+)", self._monitor("info registers"))
+        finally:
+            self._monitor("cont")
+        return int(m.group(1), 16) if m else None
+
+    def close(self) -> None:
+        for s in (self.sock, self.mon):
+            try:
+                if s:
+                    s.close()
+            except OSError:
+                pass
         stop(self.proc)
 
     def __enter__(self):

@@ -17,6 +17,7 @@ use ivnet_core::state::{settle, LinkState};
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
 use ivnet_core::ProtocolError;
 
+use crate::copy;
 use crate::log::{dbg, err, inf, wrn};
 use crate::sys::{self, device, k_poll_event, k_poll_signal, k_sem, net_if, net_pkt};
 
@@ -670,11 +671,20 @@ impl Driver {
         // First without waiting (no clock read per packet). When the pools are empty, wait in
         // the allocator, which wakes us as soon as the stack frees a buffer; if that takes
         // too long the frame stays in the ring (back-pressure to the peer).
+        // Buffers for the frame plus up to 7 bytes of alignment padding (see write_pkt).
         let alloc = |t| {
             // SAFETY: iface is valid; the allocation may fail (null), which we handle.
-            unsafe {
-                sys::net_pkt_rx_alloc_with_buffer(iface, f.len, sys::IVNET_AF_UNSPEC as _, 0, t)
+            let pkt = unsafe { sys::net_pkt_rx_alloc_on_iface(iface, t) };
+            if pkt.is_null() {
+                return pkt;
             }
+            // SAFETY: pkt is ours and has no buffer yet.
+            if unsafe { sys::net_pkt_alloc_buffer_raw(pkt, f.len + 7, t) } < 0 {
+                // SAFETY: we own pkt.
+                unsafe { sys::net_pkt_unref(pkt) };
+                return ptr::null_mut();
+            }
+            pkt
         };
         let mut pkt = alloc(sys::NO_WAIT);
         if pkt.is_null() {
@@ -684,13 +694,15 @@ impl Driver {
             return Rx::NoBuffer;
         }
         // SAFETY: `src` is a checked range of f.len bytes in the peer's section, which the
-        // peer may not reuse before we complete the frame.
-        if unsafe { sys::net_pkt_write(pkt, src as *const c_void, f.len) } < 0 {
+        // peer may not reuse before we complete the frame; pkt is ours and was allocated
+        // with room for f.len bytes.
+        if unsafe { write_pkt(pkt, src, f.len) } {
+            Rx::Pkt(pkt)
+        } else {
             // SAFETY: we own pkt.
             unsafe { sys::net_pkt_unref(pkt) };
-            return Rx::Drop;
+            Rx::Drop
         }
-        Rx::Pkt(pkt)
     }
 
     /// send(): copies the frame into a ring slot, waiting for room (back-pressure) up to
@@ -724,12 +736,8 @@ impl Driver {
                 };
                 // SAFETY: dst is a checked range of `len` bytes in our own section, reserved
                 // for this frame; pkt holds `len` bytes.
-                let rd = unsafe {
-                    sys::net_pkt_cursor_init(pkt);
-                    sys::net_pkt_read(pkt, dst as *mut c_void, len)
-                };
-                if rd < 0 {
-                    return Err(rd);
+                if !unsafe { read_pkt(pkt, dst, len) } {
+                    return Err(-(sys::EIO as c_int));
                 }
                 if let Err(e) = l.queues.tx.push(slot) {
                     let _ = l.protocol_reset(e);
@@ -774,6 +782,104 @@ impl Driver {
             }
         }
     }
+}
+
+/// Where the transport payload of an Ethernet frame starts (TCP or UDP over IPv4 or IPv6;
+/// else the network header). Only chooses padding: a wrong answer from a bad peer costs
+/// speed, nothing else.
+fn payload_offset(b: impl Fn(usize) -> u8, len: usize) -> usize {
+    let at = |i: usize| if i < len { b(i) as usize } else { 0 };
+    let (l3, proto) = match (at(12) << 8) | at(13) {
+        0x0800 => (14 + (at(14) & 0xf) * 4, at(23)),
+        0x86dd => (14 + 40, at(20)),
+        _ => return 14,
+    };
+    match proto {
+        6 => l3 + (at(l3 + 12) >> 4) * 4,
+        17 => l3 + 8,
+        _ => l3,
+    }
+}
+
+/// Appends `len` bytes from `src` to a fresh packet's buffer chain; false if the chain is
+/// too short.
+///
+/// The frame starts up to 7 bytes into the first buffer, so that its TCP or UDP payload is
+/// 8-byte aligned (the idea of Linux's NET_IP_ALIGN, one layer up). The application's copy
+/// out of the packet then shares the alignment of its receive buffer; with Zephyr's minimal
+/// libc, a copy between differently aligned buffers runs byte by byte.
+///
+/// # Safety
+/// `pkt` is a packet we own whose buffers hold no data yet; `src` is readable for `len` bytes.
+unsafe fn write_pkt(pkt: *mut net_pkt, mut src: *const u8, len: usize) -> bool {
+    let mut left = len;
+    // SAFETY: a packet's buffer chain is a list of valid net_bufs ending in null.
+    let mut buf = unsafe { (*pkt).__bindgen_anon_1.buffer };
+    if !buf.is_null() {
+        let mut room = 0;
+        let mut b = buf;
+        while !b.is_null() {
+            // SAFETY: b is a valid net_buf of the chain.
+            room += unsafe { sys::net_buf_simple_tailroom(&(*b).__bindgen_anon_1.b) };
+            // SAFETY: see above.
+            b = unsafe { (*b).frags };
+        }
+        // SAFETY: `src` is readable for `len` bytes (the closure never reads past them);
+        // the peer may change them meanwhile, which only changes the padding chosen.
+        let off = payload_offset(|i| unsafe { ptr::read_volatile(src.add(i)) }, len);
+        // SAFETY: buf is valid and empty; `b` is its net_buf_simple view.
+        let sb = unsafe { &mut (*buf).__bindgen_anon_1.b };
+        let pad = (8 - (sb.data as usize + off) % 8) % 8;
+        // SAFETY: sb is valid.
+        if room >= len + pad && unsafe { sys::net_buf_simple_tailroom(sb) } > pad + off {
+            // SAFETY: the buffer is empty; this moves its data pointer `pad` bytes in, and
+            // the chain still has room for the frame.
+            unsafe { sys::net_buf_simple_reserve(sb, pad) };
+        }
+    }
+    while left > 0 && !buf.is_null() {
+        // SAFETY: buf is a valid net_buf; `b` is its net_buf_simple view.
+        let sb = unsafe { &mut (*buf).__bindgen_anon_1.b };
+        // SAFETY: sb is valid.
+        let n = left.min(unsafe { sys::net_buf_simple_tailroom(sb) });
+        // SAFETY: add returns the old tail and grows len by n <= tailroom.
+        let dst = unsafe { sys::net_buf_simple_add(sb, n) } as *mut u8;
+        // SAFETY: dst has n bytes of tailroom just claimed; src has `left` >= n bytes left.
+        unsafe { copy::copy(dst, src, n) };
+        // SAFETY: within the caller's range.
+        src = unsafe { src.add(n) };
+        left -= n;
+        // SAFETY: see above.
+        buf = unsafe { (*buf).frags };
+    }
+    left == 0
+}
+
+/// Copies a packet's `len` bytes (its whole buffer chain) to `dst`; false if the chain does
+/// not hold exactly `len` bytes.
+///
+/// # Safety
+/// `pkt` is a valid packet; `dst` is writable for `len` bytes.
+unsafe fn read_pkt(pkt: *mut net_pkt, mut dst: *mut u8, len: usize) -> bool {
+    let mut left = len;
+    // SAFETY: a packet's buffer chain is a list of valid net_bufs ending in null.
+    let mut buf = unsafe { (*pkt).__bindgen_anon_1.buffer };
+    while !buf.is_null() {
+        // SAFETY: buf is valid; `b` is its net_buf_simple view (data, len).
+        let sb = unsafe { &(*buf).__bindgen_anon_1.b };
+        let n = sb.len as usize;
+        if n > left {
+            return false;
+        }
+        // SAFETY: sb.data holds n bytes; dst has `left` >= n bytes left.
+        unsafe { copy::copy(dst, sb.data, n) };
+        // SAFETY: within the caller's range.
+        dst = unsafe { dst.add(n) };
+        left -= n;
+        // SAFETY: see above.
+        buf = unsafe { (*buf).frags };
+    }
+    left == 0
 }
 
 unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void) {

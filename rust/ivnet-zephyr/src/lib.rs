@@ -6,6 +6,7 @@
 //! `ivnet-core`.
 #![no_std]
 
+mod copy;
 mod cs;
 mod driver;
 mod log;
@@ -55,10 +56,15 @@ pub unsafe extern "C" fn ivnet_stop(dev: *const device) -> c_int {
     unsafe { driver::set_up(dev, false) }
 }
 
-/// Capabilities: a gigabit-class link (shared memory has no line rate).
+/// Capabilities: a gigabit-class link (shared memory has no line rate); with
+/// CONFIG_ETH_IVNET_RX_CHECKSUM_OFFLOAD, received frames need no checksum verification.
 #[no_mangle]
 pub extern "C" fn ivnet_get_capabilities(_dev: *const device) -> ethernet_hw_caps {
-    sys::ethernet_hw_caps_ETHERNET_LINK_1000BASE
+    let mut caps = sys::ethernet_hw_caps_ETHERNET_LINK_1000BASE;
+    if sys::IVNET_RX_CHECKSUM_OFFLOAD {
+        caps |= sys::ethernet_hw_caps_ETHERNET_HW_RX_CHKSUM_OFFLOAD;
+    }
+    caps
 }
 
 /// Configuration queries: none are supported yet.

@@ -1,0 +1,399 @@
+"""The benchmark's analysis: statistics (scipy, statsmodels), plots (matplotlib) and the markdown
+report, from the samples scripts/bench.py recorded."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+from statsmodels.graphics.gofplots import qqplot  # noqa: E402
+
+TARGET = 1.5
+DRIVERS = ("virtio", "ivnet")
+COLORS = {"virtio": "#888888", "ivnet": "#1f77b4"}
+LABEL = {"virtio": "virtio-net", "ivnet": "ivnet"}
+
+
+class Summary:
+    """n, mean, sample stddev and the 95 % confidence interval of the mean (Student's t)."""
+
+    def __init__(self, values):
+        self.v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+        self.n = len(self.v)
+        self.mean = float(self.v.mean()) if self.n else math.nan
+        self.sd = float(self.v.std(ddof=1)) if self.n > 1 else math.nan
+        if self.n > 1 and self.sd > 0:
+            self.lo, self.hi = stats.t.interval(0.95, self.n - 1, loc=self.mean, scale=stats.sem(self.v))
+        else:
+            self.lo = self.hi = self.mean
+
+    def fmt(self, digits: int = 1) -> str:
+        if not self.n:
+            return "-"
+        f = f"{{:.{digits}f}}"
+        sd = f.format(self.sd) if self.n > 1 else "-"
+        return f"{f.format(self.mean)} ± {sd} [{f.format(self.lo)}, {f.format(self.hi)}]"
+
+
+def _num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def group(rows, **where):
+    """Values of the rows matching every key in `where` (errors excluded)."""
+    out = []
+    for r in rows:
+        if all(str(r[k]) == str(v) for k, v in where.items()) and not r.get("error"):
+            out.append(_num(r["value"]))
+    return out
+
+
+def errors(rows, **where):
+    return sum(1 for r in rows if all(str(r[k]) == str(v) for k, v in where.items()) and r.get("error"))
+
+
+def write(out: Path, rows: list[dict], meta: dict) -> str:
+    md = []
+    info = meta["info"]
+    mode = "full (--full)" if meta["full"] else "quick"
+    md.append("# ivnet vs virtio-net: capacity benchmark\n")
+    md.append(f"{info['date']} on {info['host']}. Mode: {mode}; {meta['reps']} samples x "
+              f"{meta['secs']} s per test unless noted; UDP offered at {meta['udp_rate']:g} Mbit/s in "
+              f"the size matrix. Both drivers run Zephyr's samples/net/zperf with ivnet's prj.conf on "
+              f"qemu_cortex_a53 (TCG); iperf 2 in a network namespace; samples alternate between the "
+              f"drivers. Took {info['elapsed']}.\n")
+    checks = []
+    md += ratio_section(rows, checks)
+    md += latency_section(rows, checks)
+    md += cell_cell_section(rows, checks)
+    md.insert(2, target_section(checks))
+    md += sweep_section(rows)
+    md += tuning_section(rows, meta)
+    md += profile_section(meta.get("profiles") or {})
+    md += micro_section(meta.get("micro"))
+    md += distribution_section(rows)
+    plots = make_plots(out, rows, meta)
+    md.append("## Plots\n")
+    for p in plots:
+        md.append(f"![{p}]({p})\n")
+    md += config_section(out, meta)
+    text = "\n".join(md)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def target_section(checks) -> str:
+    ok = sum(1 for c in checks if c[1])
+    lines = [f"## Target: {ok} of {len(checks)} checks met\n",
+             "| check | measured | met |", "|---|---|---|"]
+    for name, passed, what in checks:
+        lines.append(f"| {name} | {what} | {'yes' if passed else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_section(rows, checks) -> list[str]:
+    md = ["## Ratio table (throughput, Mbit/s: mean ± stddev [95 % CI])\n",
+          "| test | size B | virtio-net | ivnet | ivnet / virtio | Welch p | errors |",
+          "|---|---|---|---|---|---|---|"]
+    tests = sorted({(r["proto"], r["direction"], int(r["size"])) for r in rows if r["test"] == "size"},
+                   key=lambda t: (t[0], t[1], t[2]))
+    for proto, d, size in tests:
+        s = {k: Summary(group(rows, test="size", driver=k, proto=proto, direction=d, size=size, metric="mbit"))
+             for k in DRIVERS}
+        ratio = s["ivnet"].mean / s["virtio"].mean if s["virtio"].mean else math.nan
+        p = "-"
+        if s["ivnet"].n > 1 and s["virtio"].n > 1:
+            p = f"{stats.ttest_ind(s['ivnet'].v, s['virtio'].v, equal_var=False).pvalue:.3g}"
+        err = sum(errors(rows, test="size", driver=k, proto=proto, direction=d, size=size) for k in DRIVERS)
+        md.append(f"| {proto.upper()} {d} | {size} | {s['virtio'].fmt()} | {s['ivnet'].fmt()} | "
+                  f"**{ratio:.2f}x** | {p} | {err} |")
+        checks.append((f"{proto.upper()} {d} {size} B >= {TARGET}x", ratio >= TARGET, f"{ratio:.2f}x"))
+        if proto == "udp":
+            lv = Summary(group(rows, test="size", driver="virtio", proto=proto, direction=d, size=size,
+                               metric="loss_pct"))
+            li = Summary(group(rows, test="size", driver="ivnet", proto=proto, direction=d, size=size,
+                               metric="loss_pct"))
+            if lv.n and li.n:
+                checks.append((f"UDP {d} {size} B loss not above virtio's", li.mean <= lv.mean + 1e-9,
+                               f"{li.mean:.2f} % vs {lv.mean:.2f} %"))
+    md.append("")
+    md.append("UDP loss in the size matrix (%, mean over samples):\n")
+    md.append("| direction | size B | virtio-net | ivnet |")
+    md.append("|---|---|---|---|")
+    for proto, d, size in tests:
+        if proto != "udp":
+            continue
+        lv = Summary(group(rows, test="size", driver="virtio", proto="udp", direction=d, size=size, metric="loss_pct"))
+        li = Summary(group(rows, test="size", driver="ivnet", proto="udp", direction=d, size=size, metric="loss_pct"))
+        md.append(f"| {d} | {size} | {lv.fmt(2)} | {li.fmt(2)} |")
+    md.append("")
+    return md
+
+
+def latency_section(rows, checks) -> list[str]:
+    r = {k: np.asarray(group(rows, test="ping", driver=k, metric="rtt_ms")) for k in DRIVERS}
+    if not all(len(v) for v in r.values()):
+        return []
+    md = ["## Ping RTT, namespace -> cell (ms)\n", "| driver | n | p50 | p90 | p99 | mean |", "|---|---|---|---|---|---|"]
+    pct = {}
+    for k in DRIVERS:
+        v = r[k]
+        pct[k] = np.percentile(v, [50, 90, 99])
+        md.append(f"| {LABEL[k]} | {len(v)} | {pct[k][0]:.3f} | {pct[k][1]:.3f} | {pct[k][2]:.3f} | {v.mean():.3f} |")
+    for i, q in ((0, "p50"), (2, "p99")):
+        checks.append((f"ping RTT {q} not above virtio's", pct["ivnet"][i] <= pct["virtio"][i],
+                       f"{pct['ivnet'][i]:.3f} vs {pct['virtio'][i]:.3f} ms"))
+    md.append("")
+    return md
+
+
+def cell_cell_section(rows, checks) -> list[str]:
+    md = []
+    for proto, size in (("tcp", 1460), ("udp", 1024)):
+        cc = Summary(group(rows, test="cell<->cell", proto=proto, metric="mbit"))
+        if not cc.n:
+            continue
+        vb = Summary(group(rows, test="size", driver="virtio", proto=proto, direction="cell->host", size=size,
+                           metric="mbit"))
+        if not md:
+            md = ["## Cell <-> cell (two ivnet VMs on one link) vs virtio-net cell -> host\n",
+                  "| test | ivnet cell<->cell | virtio cell->host | ratio |", "|---|---|---|---|"]
+        ratio = cc.mean / vb.mean if vb.n and vb.mean else math.nan
+        md.append(f"| {proto.upper()} {size} B | {cc.fmt()} | {vb.fmt()} | **{ratio:.2f}x** |")
+        checks.append((f"{proto.upper()} cell<->cell >= {TARGET}x virtio cell->host", ratio >= TARGET, f"{ratio:.2f}x"))
+    return md + [""] if md else []
+
+
+def sweep_section(rows) -> list[str]:
+    sw = [r for r in rows if r["test"] == "sweep"]
+    if not sw:
+        return []
+    md = ["## UDP offered-rate sweep (1024 B): received Mbit/s / loss %\n",
+          "| direction | offered | virtio-net | ivnet |", "|---|---|---|---|"]
+    for d in sorted({r["direction"] for r in sw}):
+        for rate in sorted({_num(r["offered_mbit"]) for r in sw if r["direction"] == d}):
+            cells = []
+            for k in DRIVERS:
+                m = Summary(group(sw, driver=k, direction=d, offered_mbit=_fmt_rate(rate), metric="mbit"))
+                lo = Summary(group(sw, driver=k, direction=d, offered_mbit=_fmt_rate(rate), metric="loss_pct"))
+                cells.append(f"{m.mean:.1f} / {lo.mean:.2f} %" if m.n else "error")
+            md.append(f"| {d} | {rate:g} | {cells[0]} | {cells[1]} |")
+    return md + [""]
+
+
+def _fmt_rate(x: float) -> str:
+    return str(x)
+
+
+def tuning_section(rows, meta) -> list[str]:
+    tun = [r for r in rows if r["test"] == "tuning"]
+    if not tun:
+        return []
+    cols = [("tcp", "cell->host", "TCP up"), ("tcp", "host->cell", "TCP down"),
+            ("udp", "cell->host", "UDP up"), ("udp", "host->cell", "UDP down")]
+    md = ["## Tuning table (the seed's steps, on ivnet; Mbit/s, UDP loss in brackets)\n",
+          "Up = cell -> host, down = host -> cell; TCP 1460 B, UDP 1024 B at the matrix rate. Each "
+          "row adds its step to the previous one, on top of Zephyr's zperf sample; the settings are "
+          "the files in bench/tuning/.\n",
+          "| configuration | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+    def cell(vals, loss):
+        if not vals.n:
+            return "error"
+        return f"{vals.mean:.1f}" + (f" ({loss.mean:.1f} %)" if loss.n else "")
+
+    for key, label in meta["tuning"]:
+        line = [label]
+        for proto, d, _ in cols:
+            size = 1460 if proto == "tcp" else 1024
+            w = dict(image=f"tune-{key}", proto=proto, direction=d, size=size)
+            line.append(cell(Summary(group(tun, **w, metric="mbit")), Summary(group(tun, **w, metric="loss_pct"))))
+        md.append("| " + " | ".join(line) + " |")
+    line = ["virtio-net, full profile (size matrix)"]
+    for proto, d, _ in cols:
+        size = 1460 if proto == "tcp" else 1024
+        w = dict(test="size", driver="virtio", proto=proto, direction=d, size=size)
+        line.append(cell(Summary(group(rows, **w, metric="mbit")), Summary(group(rows, **w, metric="loss_pct"))))
+    md.append("| " + " | ".join(line) + " |")
+    return md + [""]
+
+
+def profile_section(profiles) -> list[str]:
+    if not profiles:
+        return []
+    md = ["## Profile: where the time goes (TCP host -> cell, 1460 B)\n",
+          "Guest: program-counter samples of the vCPU taken through the QEMU monitor every ~10 ms, "
+          "by function. Host: CPU time per thread over the same window (100 % = one core).\n"]
+    for k in DRIVERS:
+        p = profiles.get(k)
+        if not p:
+            continue
+        md.append(f"### {LABEL[k]} ({p['mbit']:.1f} Mbit/s during the profile, {p['samples']} guest samples)\n")
+        md.append("| guest function | % of samples |")
+        md.append("|---|---|")
+        for f, pc in p["guest"]:
+            md.append(f"| `{f}` | {pc:.1f} |")
+        md.append("")
+        md.append("| host thread | CPU % |")
+        md.append("|---|---|")
+        for t, pc in p["host"]:
+            md.append(f"| {t} | {pc:.0f} |")
+        md.append("")
+    return md
+
+
+def micro_section(micro) -> list[str]:
+    if not micro:
+        return []
+    md = ["## Host microbenchmark of the protocol core (`ivnet bench-core`)\n",
+          "Two host threads over one shared region, the real queue code; the machine's memcpy "
+          "bandwidth measured in the same run.\n", "```", micro["text"].strip(), "```", ""]
+    return md
+
+
+def distribution_section(rows) -> list[str]:
+    md = ["## Sample distributions (Shapiro-Wilk normality test, n >= 3)\n",
+          "| driver | test | size | n | mean | stddev | Shapiro-Wilk p |", "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["driver"], r["proto"], r["direction"], int(r["size"])) for r in rows if r["test"] == "size"})
+    for drv, proto, d, size in keys:
+        v = np.asarray(group(rows, test="size", driver=drv, proto=proto, direction=d, size=size, metric="mbit"))
+        if len(v) < 3:
+            continue
+        p = stats.shapiro(v).pvalue if np.ptp(v) > 0 else float("nan")
+        md.append(f"| {LABEL[drv]} | {proto.upper()} {d} | {size} | {len(v)} | {v.mean():.1f} | "
+                  f"{v.std(ddof=1):.2f} | {p:.3f} |")
+    return md + [""]
+
+
+def make_plots(out: Path, rows, meta) -> list[str]:
+    made = []
+    size_rows = [r for r in rows if r["test"] == "size"]
+    if size_rows:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        for ax, (proto, d) in zip(axes.flat, [(p, d) for p in ("tcp", "udp") for d in ("host->cell", "cell->host")]):
+            sizes = sorted({int(r["size"]) for r in size_rows if r["proto"] == proto and r["direction"] == d})
+            x = np.arange(len(sizes))
+            for i, k in enumerate(DRIVERS):
+                ss = [Summary(group(size_rows, driver=k, proto=proto, direction=d, size=s, metric="mbit")) for s in sizes]
+                means = [s.mean for s in ss]
+                err = [[max(0, s.mean - s.lo) for s in ss], [max(0, s.hi - s.mean) for s in ss]]
+                ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=err, capsize=3, color=COLORS[k], label=LABEL[k])
+            ax.set_xticks(x, [str(s) for s in sizes])
+            ax.set_xlabel("payload, bytes")
+            ax.set_ylabel("Mbit/s")
+            ax.set_title(f"{proto.upper()} {d}")
+            ax.legend()
+        fig.suptitle("Throughput per payload size (mean, 95 % CI)")
+        fig.tight_layout()
+        fig.savefig(out / "throughput_by_size.png", dpi=90)
+        plt.close(fig)
+        made.append("throughput_by_size.png")
+    sw = [r for r in rows if r["test"] == "sweep"]
+    if sw:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for k in DRIVERS:
+            for d, style in (("host->cell", "-o"), ("cell->host", "--s")):
+                rates = sorted({_num(r["offered_mbit"]) for r in sw if r["direction"] == d})
+                loss = [Summary(group(sw, driver=k, direction=d, offered_mbit=str(x), metric="loss_pct")).mean for x in rates]
+                got = [Summary(group(sw, driver=k, direction=d, offered_mbit=str(x), metric="mbit")).mean for x in rates]
+                a1.plot(rates, loss, style, color=COLORS[k], label=f"{LABEL[k]} {d}")
+                a2.plot(rates, got, style, color=COLORS[k], label=f"{LABEL[k]} {d}")
+        a1.set(xlabel="offered, Mbit/s", ylabel="loss, %", title="UDP loss vs offered rate (1024 B)")
+        a2.set(xlabel="offered, Mbit/s", ylabel="received, Mbit/s", title="UDP received vs offered rate")
+        a1.legend(fontsize=8)
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "udp_sweep.png", dpi=90)
+        plt.close(fig)
+        made.append("udp_sweep.png")
+    # Histograms and QQ-plots of the samples, as in the seed's report.
+    picks = [(p, d, s) for p, d, s in (("tcp", "host->cell", 1460), ("tcp", "cell->host", 1460),
+                                        ("tcp", "cell->host", 256), ("udp", "host->cell", 1024),
+                                        ("udp", "cell->host", 1024))
+             if any(r["proto"] == p and r["direction"] == d and int(r["size"]) == s for r in size_rows)]
+    ping = {k: group(rows, test="ping", driver=k, metric="rtt_ms") for k in DRIVERS}
+    panels = [(f"{p.upper()} {d} {s} B, Mbit/s",
+               {k: group(size_rows, driver=k, proto=p, direction=d, size=s, metric="mbit") for k in DRIVERS})
+              for p, d, s in picks]
+    if all(ping.values()):
+        panels.append(("ping RTT, ms", ping))
+    if panels:
+        fig, axes = plt.subplots(len(panels), 3, figsize=(13, 3.2 * len(panels)), squeeze=False)
+        for row, (title, data) in zip(axes, panels):
+            for k in DRIVERS:
+                if data[k]:
+                    row[0].hist(data[k], bins=min(30, max(5, len(data[k]) // 5)), alpha=0.6, color=COLORS[k],
+                                label=LABEL[k])
+            row[0].set_title(title, fontsize=9)
+            row[0].legend(fontsize=8)
+            for ax, k in zip(row[1:], DRIVERS):
+                v = np.asarray(data[k])
+                if len(v) >= 3 and np.ptp(v) > 0:
+                    qqplot(v, line="s", ax=ax, markerfacecolor=COLORS[k], markeredgecolor=COLORS[k])
+                ax.set_title(f"QQ {LABEL[k]}: {title}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "samples_hist_qq.png", dpi=80)
+        plt.close(fig)
+        made.append("samples_hist_qq.png")
+    tun = [r for r in rows if r["test"] == "tuning"]
+    if tun:
+        cols = [("tcp", "cell->host", 1460, "TCP up"), ("tcp", "host->cell", 1460, "TCP down"),
+                ("udp", "cell->host", 1024, "UDP up"), ("udp", "host->cell", 1024, "UDP down")]
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        n = len(meta["tuning"])
+        x = np.arange(len(cols))
+        cmap = plt.get_cmap("viridis")
+        for i, (key, label) in enumerate(meta["tuning"]):
+            vals = [Summary(group(tun, image=f"tune-{key}", proto=p, direction=d, size=s, metric="mbit")).mean
+                    for p, d, s, _ in cols]
+            ax.bar(x + (i - (n - 1) / 2) * 0.8 / n, vals, 0.8 / n, label=label, color=cmap(i / max(1, n - 1)))
+        ax.set_xticks(x, [c[3] for c in cols])
+        ax.set_ylabel("Mbit/s")
+        ax.set_title("ivnet: Zephyr defaults vs each tuning step")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "tuning.png", dpi=90)
+        plt.close(fig)
+        made.append("tuning.png")
+    return made
+
+
+NET_KEYS = re.compile(r"^CONFIG_(NET_(TC_|BUF_|PKT_|TCP_MAX|TCP_WIN|RX_STACK|TX_STACK|SOCKETS_SERVICE)|"
+                      r"SPEED_OPT|SIZE_OPT|TIMESLICING|ETH_IVNET|QEMU_ICOUNT|ARMV8_A_NS|NET_ZPERF)")
+
+
+def config_section(out: Path, meta) -> list[str]:
+    info = meta["info"]
+    md = ["## Configuration\n", "| | |", "|---|---|"]
+    for k in ("ivnet", "zephyr", "qemu", "iperf", "toolchain", "rustc", "host"):
+        md.append(f"| {k} | {info.get(k, '')} |")
+    md.append("")
+    cfgs = sorted((out / "config").glob("*.config"))
+    if cfgs:
+        md.append("Network-relevant Kconfig per image (full .config files in config/):\n")
+        per = {}
+        for c in cfgs:
+            per[c.stem] = {ln.split("=", 1)[0]: ln.split("=", 1)[1] for ln in c.read_text().splitlines()
+                           if NET_KEYS.match(ln) and "=" in ln and "LOG_LEVEL" not in ln}
+        keys = sorted(set().union(*per.values()))
+        md.append("| Kconfig | " + " | ".join(per) + " |")
+        md.append("|---" * (len(per) + 1) + "|")
+        for k in keys:
+            md.append(f"| {k[7:]} | " + " | ".join(per[i].get(k, "-") for i in per) + " |")
+        md.append("")
+    md.append("QEMU command lines:\n")
+    for k, v in meta["qemu"].items():
+        md.append(f"- {k}: `{v}`")
+    md.append("")
+    return md
