@@ -27,13 +27,13 @@ image's .config and the QEMU lines).
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 import datetime
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -132,7 +132,7 @@ class Env:
         self.elf = None
         self.n = 0
 
-    def boot(self, elf: Path) -> h.Vm:
+    def boot(self, elf: Path, extra: list[str] | None = None) -> h.Vm:
         """Boots `elf` (replacing any VM of this env) and starts zperf's download servers."""
         self.shutdown()
         self.elf = elf
@@ -140,11 +140,11 @@ class Env:
         subprocess.run(["ip", "-n", self.ns.name, "neigh", "flush", "all"], check=False)
         name = f"{self.kind}{self.n}"
         if self.kind == "ivnet":
-            vm = h.Vm(elf, [self.link], self.work, name, monitor=True)
+            vm = h.Vm(elf, [self.link], self.work, name, monitor=True, extra_args=extra)
             self.vm = vm
             vm.wait_for("ivnet0: carrier on", 30)
         else:
-            vm = h.Vm(elf, [], self.work, name, virtio_tap=(self.ns, self.tap), monitor=True)
+            vm = h.Vm(elf, [], self.work, name, virtio_tap=(self.ns, self.tap), monitor=True, extra_args=extra)
             self.vm = vm
         vm.wait_for(r"net_config: IPv4 address", 30)
         vm.wait_for(re.escape(h.Vm.PROMPT), 10)
@@ -181,14 +181,16 @@ def iperf_server(env: Env, udp: bool, port: int, secs: float) -> subprocess.Pope
     args = ["timeout", str(int(secs) + 30), "iperf", "-s", "-P", "1", "-f", "m", "-p", str(port)]
     # UDP: a 4 MB socket buffer, so the host's receiver is not what drops datagrams.
     return subprocess.Popen(env.ns.cmd(*args, *(["-u", "-w", "4M"] if udp else [])),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def wait_server(p: subprocess.Popen, secs: float) -> str:
+    """The server's output once it exits (killed, with its children, after `secs`)."""
     try:
         return p.communicate(timeout=secs)[0]
     except subprocess.TimeoutExpired:
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)
         return p.communicate()[0]
 
 
@@ -199,7 +201,7 @@ def run_sample(env: Env, proto: str, direction: str, size: int, secs: int, rate:
         if proto == "tcp":
             r = env.ns.run("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", str(size),
                            "-f", "m", timeout=secs + 30, check=False)
-            return {"mbit": mbit(r.stdout)}
+            return {"mbit": mbit(r.stdout + r.stderr)}
         r = env.ns.run("iperf", "-c", CELL, "-u", "-p", "5001", "-b", f"{rate}M", "-l", str(size),
                        "-t", str(secs), "-f", "m", timeout=secs + 30, check=False)
         if "Server Report" not in r.stdout:
@@ -244,23 +246,25 @@ def ping_sample(env: Env, count: int) -> list[float]:
 
 
 # ---- profile -----------------------------------------------------------------------------
+# Guest: QEMU logs every translated block it executes (`log in_asm,exec,nochain` through the
+# monitor) for a short window during a TCP run; executions x instructions per block, summed
+# by function, say where the guest's instructions go. (Sampling the PC by stopping the VM is
+# biased: a stop is served where the vCPU waits for QEMU's big lock, i.e. at timer reads and
+# MMIO.) Interrupts: QEMU's GIC traces, from the interrupt being raised to the guest
+# acknowledging it, during a ping run. Host: CPU time per thread of QEMU, the host peer and
+# iperf over the TCP run.
 
-def elf_symbols(elf: Path) -> tuple[list[int], list[str]]:
-    from elftools.elf.elffile import ELFFile  # pyelftools: a Zephyr build requirement
-    syms = []
-    with open(elf, "rb") as f:
-        for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
-            if s["st_info"]["type"] == "STT_FUNC" and s["st_value"]:
-                syms.append((s["st_value"], s.name))
-    syms.sort()
-    return [a for a, _ in syms], [n for _, n in syms]
+TRACE_EVENTS = ["gicv3_its_translation_write", "gicv3_dist_set_irq", "gicv3_icc_iar1_read"]
 
 
 def thread_times(pid: int) -> dict[str, float]:
     """CPU seconds per thread of `pid` (name/tid -> utime+stime)."""
     out = {}
     tck = os.sysconf("SC_CLK_TCK")
-    for t in Path(f"/proc/{pid}/task").iterdir():
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.exists():
+        return out
+    for t in tasks.iterdir():
         try:
             st = (t / "stat").read_text()
         except OSError:
@@ -271,32 +275,110 @@ def thread_times(pid: int) -> dict[str, float]:
     return out
 
 
-def profile(env: Env, secs: int, interval: float = 0.01) -> dict:
-    """During a TCP host->cell run: guest PCs by function, host CPU by process thread."""
-    vm = env.ensure()
-    addrs, names = elf_symbols(env.elf)
+def parse_exec_log(path: Path) -> tuple[list[tuple[str, float]], int, int]:
+    """(function, % of executed guest instructions) from a QEMU in_asm+exec log; also the
+    number of blocks and instructions executed."""
+    size: dict[int, int] = {}
+    per_fn: dict[str, int] = {}
+    pc = n = None
+    blocks = insns = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("IN:"):
+                pc, n = None, 0
+            elif n is not None and re.match(r"0x[0-9a-f]+:", line):
+                if pc is None:
+                    pc = int(line.split(":")[0], 16)
+                n += 1
+            elif n is not None and not line.strip():
+                if pc is not None:
+                    size[pc] = n
+                pc = n = None
+            elif line.startswith("Trace "):
+                m = re.search(r"\[[0-9a-f]+/([0-9a-f]+)/[0-9a-f]+/[0-9a-f]+\]\s*(\S*)", line)
+                if not m:
+                    continue
+                w = size.get(int(m.group(1), 16), 1)
+                fn = m.group(2) or m.group(1)
+                per_fn[fn] = per_fn.get(fn, 0) + w
+                blocks += 1
+                insns += w
+    top = sorted(per_fn.items(), key=lambda x: -x[1])[:15]
+    return [(demangle(f), 100.0 * c / max(1, insns)) for f, c in top], blocks, insns
+
+
+def demangle(sym: str) -> str:
+    """Readable Rust symbol (`_ZN12ivnet_zephyr6driver4Link6update17h...E` -> `ivnet_zephyr::driver::Link::update`)."""
+    if not sym.startswith("_ZN"):
+        return sym
+    parts, i = [], 3
+    while i < len(sym) and sym[i].isdigit():
+        j = i
+        while sym[j].isdigit():
+            j += 1
+        n = int(sym[i:j])
+        parts.append(sym[j:j + n])
+        i = j + n
+    if parts and re.fullmatch(r"h[0-9a-f]{16}", parts[-1]):
+        parts.pop()
+    return "::".join(parts) or sym
+
+
+def irq_latency(trace: Path) -> list[float]:
+    """Microseconds from the NIC's interrupt being raised (an ITS translation for ivnet's
+    MSI-X, a level change of a distributor line for virtio-mmio) to the guest acknowledging
+    an interrupt of that kind (ICC_IAR1: an LPI, >= 8192, or that SPI)."""
+    raised, spi, out = None, None, []
+    for line in trace.read_text(errors="replace").splitlines():
+        m = re.match(r"\d+@([\d.]+):(\S+) (.*)", line)
+        if not m:
+            continue
+        t, ev, rest = float(m.group(1)), m.group(2), m.group(3)
+        if ev == "gicv3_its_translation_write" or (ev == "gicv3_dist_set_irq" and rest.endswith("changed to 1")):
+            if ev == "gicv3_dist_set_irq":
+                spi = int(re.search(r"interrupt (\d+)", rest).group(1))
+                if spi == 33:  # the console UART
+                    continue
+            if raised is None:
+                raised = t
+        elif ev == "gicv3_icc_iar1_read" and raised is not None:
+            v = int(rest.split()[-1], 16)
+            if v >= 8192 or v == spi:
+                out.append((t - raised) * 1e6)
+                raised = None
+    return out
+
+
+def profile(env: Env, secs: int, work: Path) -> dict:
+    """Boots a traced VM, measures interrupt latency (ping) and where the guest's
+    instructions and the host's CPU go (TCP host->cell, 1460 B)."""
+    trace = work / f"{env.kind}-trace.log"
+    execlog = work / f"{env.kind}-exec.log"
+    extra = ["-msg", "timestamp=on", "-D", str(trace)]
+    for e in TRACE_EVENTS:
+        extra += ["-trace", e]
+    elf = env.elf
+    vm = env.boot(elf, extra=extra)
+    env.ns.run("ping", "-c", "100", "-i", "0.02", CELL, timeout=60, check=False)
+    lat = sorted(irq_latency(trace))
     procs = {"qemu": vm.proc.pid}
     if env.peer:
         procs["ivnet peer"] = env.peer.proc.pid
     ipf = subprocess.Popen(env.ns.cmd("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", "1460", "-f", "m"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs["iperf"] = ipf.pid
-    time.sleep(0.5)
+    time.sleep(1.0)
     before = {k: thread_times(p) for k, p in procs.items()}
     t0 = time.time()
-    counts: dict[str, int] = {}
-    n = 0
-    while time.time() - t0 < secs - 1:
-        pc = vm.sample_pc()
-        if pc is not None:
-            i = bisect.bisect_right(addrs, pc) - 1
-            fn = names[i] if i >= 0 else hex(pc)
-            counts[fn] = counts.get(fn, 0) + 1
-            n += 1
-        time.sleep(interval)
-    after = {k: thread_times(p) for k, p in procs.items()}
+    time.sleep(max(1.0, secs / 2 - 1.5))
+    vm.monitor(f"logfile {execlog}")
+    vm.monitor("log in_asm,exec,nochain")
+    time.sleep(0.4)
+    vm.monitor("log none")
+    vm.monitor(f"logfile {trace}")
+    out_text = ipf.communicate(timeout=secs + 30)[0]
     dt = time.time() - t0
-    out_text = ipf.communicate(timeout=30)[0]
+    after = {k: thread_times(p) for k, p in procs.items()}
     host = []
     for k in procs:
         for th, cpu in after[k].items():
@@ -304,9 +386,15 @@ def profile(env: Env, secs: int, interval: float = 0.01) -> dict:
             if d / dt >= 0.01:
                 host.append((f"{k}: {th.split('/')[0]}", 100.0 * d / dt))
     host.sort(key=lambda x: -x[1])
-    guest = sorted(counts.items(), key=lambda x: -x[1])
-    return {"guest": [(f, 100.0 * c / max(1, n)) for f, c in guest[:15]], "samples": n,
-            "host": host, "mbit": mbit(out_text) if "bits/sec" in out_text else float("nan")}
+    if "bits/sec" not in out_text:
+        raise ValueError(f"iperf during the profile: {out_text[-300:]!r}")
+    guest, blocks, insns = parse_exec_log(execlog)
+    execlog.unlink(missing_ok=True)
+    env.boot(elf)  # untraced again for what follows
+    pct = (lambda q: lat[min(len(lat) - 1, int(len(lat) * q))]) if lat else (lambda q: float("nan"))
+    return {"guest": guest, "blocks": blocks, "insns": insns, "host": host,
+            "irq_n": len(lat), "irq_p50": pct(0.5), "irq_p90": pct(0.9),
+            "mbit": mbit(out_text) if "bits/sec" in out_text else float("nan")}
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -343,15 +431,15 @@ def measure(env: Env, rec: Recorder, image: str, test: str, proto: str, directio
             rec.add(**base, metric=k, value=f"{v:.4f}")
         txt = f"{r['mbit']:.1f} Mbit/s" + (f", {r['loss_pct']:.2f} % loss" if "loss_pct" in r else "")
     except Exception as e:  # a failed sample is recorded and the run goes on
-        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        msg = " ".join(str(e).split())[:300] if str(e) else type(e).__name__
         rec.add(**base, metric="mbit", value="", error=msg)
         txt = f"ERROR {msg}"
-        if isinstance(e, (TimeoutError, RuntimeError)):
-            try:
-                env.boot(env.elf)  # the shell may be wedged: start clean
-            except Exception as e2:
-                log(f"  ({env.kind}: reboot failed: {e2}; next sample tries again)")
-                env.shutdown()
+        # Whatever failed (a wedged shell, a zperf server gone), the next sample starts clean.
+        try:
+            env.boot(env.elf)
+        except Exception as e2:
+            log(f"  ({env.kind}: reboot failed: {e2}; next sample tries again)")
+            env.shutdown()
     rec.step(f"{env.kind:6} {image:8} {proto} {direction} {size:4} B"
              + (f" @{rate:g}M" if proto == "udp" else "") + f" #{rep}: {txt}")
 
@@ -424,15 +512,17 @@ def machine_info(out: Path, envs: dict) -> dict:
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so namespaces, VMs and servers are removed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true",
                     help="the seed's method: 200 x 1 s samples for its capacity tests (cell->host TCP 256 B, "
                          "UDP 20/256/1024 B), 10 x 5 s for the rest; takes hours")
     ap.add_argument("--reps", type=int, help="samples per test (quick: 3)")
     ap.add_argument("--seconds", type=int, help="length of each sample (quick: 1)")
-    ap.add_argument("--udp-rate", type=float, default=100, help="offered UDP rate in the size matrix, Mbit/s")
+    ap.add_argument("--udp-rate", type=float, default=300, help="offered UDP rate in the size matrix, Mbit/s (above what either driver absorbs: a capacity test)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="payload sizes, bytes")
-    ap.add_argument("--rates", help="UDP offered-rate sweep, Mbit/s (quick: 10,25,50,100,150)")
+    ap.add_argument("--rates", help="UDP offered-rate sweep, Mbit/s (quick: 10,50,100,200,300)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: matrix,sweep,ping,cc,tuning,profile,micro")
     ap.add_argument("--tests", help="matrix subset, e.g. tcp:host->cell,udp:cell->host (default: all four)")
     ap.add_argument("--out", type=Path, help="report directory (default bench-out/<date>)")
@@ -440,7 +530,7 @@ def main() -> int:
     reps = a.reps or (10 if a.full else 3)
     secs = a.seconds or (5 if a.full else 1)
     sizes = [int(x) for x in a.sizes.split(",")]
-    rates = [float(x) for x in (a.rates or ("5,10,25,50,75,100,150,200" if a.full else "10,25,50,100,150")).split(",")]
+    rates = [float(x) for x in (a.rates or ("10,25,50,75,100,150,200,300" if a.full else "10,50,100,200,300")).split(",")]
     skip = set(filter(None, a.skip.split(",")))
     out = a.out or ROOT / "bench-out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -514,8 +604,10 @@ def main() -> int:
         if "profile" not in skip:
             for k in ("virtio", "ivnet"):
                 try:
-                    profiles[k] = profile(envs[k], max(6, secs))
-                    txt = f"{profiles[k]['samples']} guest samples, {profiles[k]['mbit']:.1f} Mbit/s"
+                    profiles[k] = profile(envs[k], max(6, secs), wd.path)
+                    p = profiles[k]
+                    txt = (f"{p['insns']} guest instructions logged, {p['mbit']:.1f} Mbit/s; interrupt "
+                           f"raised -> acknowledged p50 {p['irq_p50']:.0f} us")
                 except Exception as e:
                     txt = f"ERROR {e}"
                 rec.step(f"{k:6} profile (tcp host->cell): {txt}")
@@ -525,8 +617,8 @@ def main() -> int:
             env = envs["ivnet"]
             if tun_elfs[key] != env.elf:
                 env.boot(tun_elfs[key])
-            for proto, d, s in (("tcp", "cell->host", 1460), ("tcp", "host->cell", 1460),
-                                ("udp", "cell->host", 1024), ("udp", "host->cell", 1024)):
+            for proto, d, s in (("tcp", "host->cell", 1460), ("tcp", "cell->host", 1460),
+                                ("udp", "host->cell", 1024), ("udp", "cell->host", 1024)):
                 measure(env, rec, f"tune-{key}", "tuning", proto, d, s, a.udp_rate, 0, max(2, secs))
         envs["ivnet"].shutdown()
         if "cc" not in skip:

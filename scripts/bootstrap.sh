@@ -21,7 +21,7 @@ log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 # ---- Debian packages ---------------------------------------------------------------------
 pkgs=(cmake ninja-build device-tree-compiler gperf gcc-aarch64-linux-gnu libclang-dev clang
       iperf iperf3 iproute2 dnsmasq-base iptables python3-venv python3-dev git file xz-utils
-      socat stress-ng procps iputils-ping tcpdump)
+      socat stress-ng procps iputils-ping tcpdump ccache gdb-multiarch)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 need_qemu=1

@@ -150,10 +150,12 @@ class Vm:
     PROMPT = "uart:~$"
 
     def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
-                 virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False):
+                 virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False,
+                 extra_args: list[str] | None = None):
         """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
         (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
-        runs inside that namespace. `monitor`: a QEMU monitor socket for `sample_pc`."""
+        runs inside that namespace. `monitor`: a QEMU monitor socket (see `monitor()`).
+        `extra_args`: more QEMU options (traces, logs)."""
         self.name = name
         self.con_path = workdir / f"{name}-console.sock"
         self.log_path = workdir / f"{name}-console.log"
@@ -173,7 +175,7 @@ class Vm:
                      "-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
             qemu = virtio_tap[0].cmd(*qemu)
         qemu += ["-kernel", str(elf)]
-        qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split()
+        qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split() + (extra_args or [])
         self.cmdline = qemu
         self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -237,7 +239,7 @@ class Vm:
         with self.lock:
             return self.buf[since:m.end()]
 
-    def _monitor(self, cmd: str) -> str:
+    def monitor(self, cmd: str) -> str:
         """One HMP command on the monitor socket; returns its output."""
         if self.mon is None:
             if self.mon_path is None:
@@ -257,17 +259,6 @@ class Vm:
                 raise RuntimeError(f"{self.name}: monitor closed")
             out += d
         return ANSI.sub("", out.decode(errors="replace"))
-
-    def sample_pc(self) -> int | None:
-        """The guest CPU's program counter right now. The VM is stopped for the reading: a
-        running TCG vCPU only writes its PC back when it leaves a chain of translated blocks,
-        which would bias the samples towards I/O and timer code."""
-        self._monitor("stop")
-        try:
-            m = re.search(r"PC=([0-9a-fA-F]+)", self._monitor("info registers"))
-        finally:
-            self._monitor("cont")
-        return int(m.group(1), 16) if m else None
 
     def close(self) -> None:
         for s in (self.sock, self.mon):

@@ -158,9 +158,12 @@ impl<S: SlotTable> TxQueue<S> {
     }
 
     /// Reserves room for a frame of `len` bytes, or `None` when the ring or the data area is
-    /// full (reclaim, or wait for a completion doorbell, then try again).
+    /// full (reclaim, or wait for a completion doorbell, then try again). A frame shorter than
+    /// [`MIN_FRAME`] never gets room: callers reject it first.
     pub fn reserve(&self, len: usize) -> Option<TxSlot> {
-        if self.in_flight >= self.g.qlen || len == 0 {
+        // A frame shorter than an Ethernet header is a protocol error at the receiver (which
+        // resets the link): never send one.
+        if self.in_flight >= self.g.qlen || len < MIN_FRAME as usize {
             return None;
         }
         let size = frame_slot_size(len);
@@ -562,6 +565,15 @@ mod tests {
         p.right.rx.publish().unwrap();
         assert_eq!(p.left.tx.reclaim().unwrap(), 1);
         assert!(p.left.tx.send(&[2u8; 60]).unwrap());
+    }
+
+    #[test]
+    fn runt_frames_get_no_room() {
+        let p = pair(SEC);
+        // The receiver resets the link on a frame shorter than an Ethernet header.
+        assert!(p.left.tx.reserve(0).is_none());
+        assert!(p.left.tx.reserve(MIN_FRAME as usize - 1).is_none());
+        assert!(p.left.tx.reserve(MIN_FRAME as usize).is_some());
     }
 
     #[test]

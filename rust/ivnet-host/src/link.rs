@@ -6,7 +6,7 @@
 
 use std::io;
 
-use ivnet_core::queue::{Queues, RxFrame};
+use ivnet_core::queue::{Queues, RxFrame, MIN_FRAME};
 use ivnet_core::shm::Region;
 use ivnet_core::state::{settle, LinkState, Transition};
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
@@ -28,6 +28,9 @@ pub struct Stats {
     pub protocol_resets: u64,
     /// Times the carrier went on.
     pub carrier_ups: u64,
+    /// Frames not sent because they were shorter than an Ethernet header (the peer would
+    /// take one for a protocol error and reset the link).
+    pub runts_dropped: u64,
 }
 
 /// One end of a link.
@@ -239,10 +242,15 @@ impl Link {
     }
 
     /// Queues one frame for the peer, or returns `Ok(false)` when there is no room (or the
-    /// link is not running). Call [`Link::flush_tx`] after a batch.
+    /// link is not running). Call [`Link::flush_tx`] after a batch. A frame shorter than an
+    /// Ethernet header is dropped (counted in `runts_dropped`) and reported as sent.
     pub fn send(&mut self, frame: &[u8]) -> Result<bool, ProtocolError> {
         if !self.running() {
             return Ok(false);
+        }
+        if frame.len() < MIN_FRAME as usize {
+            self.stats.runts_dropped += 1;
+            return Ok(true);
         }
         let r = self.queues.tx.send(frame);
         match r {
@@ -269,6 +277,11 @@ impl Link {
         let Some(n) = fill(self.queues.tx.region(), slot.offset) else {
             return Ok(None);
         };
+        if n < MIN_FRAME as usize {
+            // Consumed by `fill` but too short to send: dropped.
+            self.stats.runts_dropped += 1;
+            return Ok(Some(n));
+        }
         let slot = slot.shrink(n);
         if let Err(e) = self.queues.tx.push(slot) {
             self.protocol_reset(e);
@@ -355,15 +368,22 @@ impl Link {
 
     /// Receives one frame into `buf`: its length, or `None`. Frames longer than `buf` are
     /// dropped (their length is returned, nothing copied).
+    ///
+    /// `None` means the ring is empty and the doorbell is armed: a frame arriving during the
+    /// re-arm is picked up here rather than left waiting for a doorbell that may never come.
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let mut got = None;
-        self.receive(1, |r, f| {
-            if f.len <= buf.len() {
-                let _ = r.read_bytes(f.offset, &mut buf[..f.len]);
+        loop {
+            let mut got = None;
+            let (_, more) = self.receive(1, |r, f| {
+                if f.len <= buf.len() {
+                    let _ = r.read_bytes(f.offset, &mut buf[..f.len]);
+                }
+                got = Some(f.len);
+            });
+            if got.is_some() || !more {
+                return got;
             }
-            got = Some(f.len);
-        });
-        got
+        }
     }
 }
 

@@ -710,7 +710,7 @@ impl Driver {
     fn send(&self, pkt: *mut net_pkt) -> c_int {
         // SAFETY: pkt is valid for the call (the stack owns it).
         let len = unsafe { sys::net_pkt_get_len(pkt) };
-        if len == 0 || len > max_frame() {
+        if len < ivnet_core::queue::MIN_FRAME as usize || len > max_frame() {
             return -(sys::EMSGSIZE as c_int);
         }
         let wait_ms = sys::IVNET_TX_WAIT_MS;
