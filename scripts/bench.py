@@ -80,6 +80,8 @@ def build(name: str, snippet: str, confs: list[Path], out: Path) -> Path:
     confs = confs + [ROOT / "bench" / "zperf.conf"]
     cmd = ["west", "build", "-b", "qemu_cortex_a53", f"{zb}/samples/net/zperf", "-d", str(d),
            "-S", snippet, "--", f"-DEXTRA_ZEPHYR_MODULES={ROOT}",
+           # One cargo target directory for all images: bindgen and cbindgen compile once.
+           f"-DIVNET_CARGO_TARGET_DIR={ROOT / 'build' / 'bench' / 'cargo'}",
            "-DEXTRA_CONF_FILE=" + ";".join(str(c) for c in confs)]
     if os.environ.get("ZEPHYR_TOOLCHAIN_VARIANT") == "cross-compile":
         # Debian's cross gcc has no picolibc/POSIX layer for Zephyr (docs/zephyr-workspace.md).
@@ -525,6 +527,7 @@ def main() -> int:
     ap.add_argument("--rates", help="UDP offered-rate sweep, Mbit/s (quick: 10,50,100,200,300)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: matrix,sweep,ping,cc,tuning,profile,micro")
     ap.add_argument("--tests", help="matrix subset, e.g. tcp:host->cell,udp:cell->host (default: all four)")
+    ap.add_argument("--build-only", action="store_true", help="build the images and stop")
     ap.add_argument("--out", type=Path, help="report directory (default bench-out/<date>)")
     a = ap.parse_args()
     reps = a.reps or (10 if a.full else 3)
@@ -551,7 +554,8 @@ def main() -> int:
                     r, t = (200, 1) if a.full and (proto, d, s) in seed_tests else (reps, secs)
                     matrix.append((proto, d, s, r, t))
     sweep = [] if "sweep" in skip else [(d, r) for d in DIRS for r in rates]
-    tun_rows = [] if "tuning" in skip else TUNING
+    # The steps, then the full profile (the main ivnet image: prj.conf as shipped).
+    tun_rows = [] if "tuning" in skip else TUNING + [("full", "full ivnet profile (prj.conf)", None)]
     total = (2 * sum(m[3] for m in matrix) + 2 * len(sweep) * (3 if a.full else 1)
              + (0 if "ping" in skip else 2) + (0 if "cc" in skip else 2 * reps)
              + len(tun_rows) * 4 + (0 if "profile" in skip else 2))
@@ -563,12 +567,17 @@ def main() -> int:
             "virtio": build("virtio", "virtio-net-baseline", [prj], out)}
     tun_elfs = {}
     for key, _label, frags in tun_rows:
+        if frags is None:
+            tun_elfs[key] = elfs["ivnet"]
+            continue
         files = [TUNING_DIR / f for f in frags]
         if conf_settings(files) == conf_settings([prj]):
             tun_elfs[key] = elfs["ivnet"]  # exactly the main image's settings: no second build
             continue
         tun_elfs[key] = build(f"tune-{key}", "ivnet", files, out)
     log(f"builds done in {(time.time() - t_start) / 60:.1f} min")
+    if a.build_only:
+        return 0
 
     rec = Recorder(out, total)
     profiles = {}

@@ -235,9 +235,10 @@ def tuning_section(rows, meta) -> list[str]:
     cols = [("tcp", "cell->host", "TCP up"), ("tcp", "host->cell", "TCP down"),
             ("udp", "cell->host", "UDP up"), ("udp", "host->cell", "UDP down")]
     md = ["## Tuning table (the seed's steps, on ivnet; Mbit/s, UDP loss in brackets)\n",
-          "Up = cell -> host, down = host -> cell; TCP 1460 B, UDP 1024 B at the matrix rate. Each "
-          "row adds its step to the previous one, on top of Zephyr's zperf sample; the settings are "
-          "the files in bench/tuning/.\n",
+          "Up = cell -> host, down = host -> cell; TCP 1460 B, UDP 1024 B at the matrix rate, one "
+          "sample each. Each row adds its step to the one above, on top of Zephyr's zperf sample "
+          "(the files in bench/tuning/); the last ivnet row is prj.conf as shipped (the seed's "
+          "steps plus this project's additions).\n",
           "| configuration | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
 
     def cell(vals, loss):
