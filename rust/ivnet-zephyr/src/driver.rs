@@ -671,7 +671,7 @@ impl Driver {
         // First without waiting (no clock read per packet). When the pools are empty, wait in
         // the allocator, which wakes us as soon as the stack frees a buffer; if that takes
         // too long the frame stays in the ring (back-pressure to the peer).
-        // Buffers for the frame plus up to 7 bytes of alignment padding (see write_pkt).
+        // Buffers for the frame plus its alignment padding (see write_pkt).
         let alloc = |t| {
             // SAFETY: iface is valid; the allocation may fail (null), which we handle.
             let pkt = unsafe { sys::net_pkt_rx_alloc_on_iface(iface, t) };
@@ -679,7 +679,7 @@ impl Driver {
                 return pkt;
             }
             // SAFETY: pkt is ours and has no buffer yet.
-            if unsafe { sys::net_pkt_alloc_buffer_raw(pkt, f.len + 7, t) } < 0 {
+            if unsafe { sys::net_pkt_alloc_buffer_raw(pkt, f.len + RX_PAD_MAX, t) } < 0 {
                 // SAFETY: we own pkt.
                 unsafe { sys::net_pkt_unref(pkt) };
                 return ptr::null_mut();
@@ -784,6 +784,9 @@ impl Driver {
     }
 }
 
+/// Most padding `write_pkt` puts in front of a received frame.
+const RX_PAD_MAX: usize = 7;
+
 /// Where the transport payload of an Ethernet frame starts (TCP or UDP over IPv4 or IPv6;
 /// else the network header). Only chooses padding: a wrong answer from a bad peer costs
 /// speed, nothing else.
@@ -804,7 +807,7 @@ fn payload_offset(b: impl Fn(usize) -> u8, len: usize) -> usize {
 /// Appends `len` bytes from `src` to a fresh packet's buffer chain; false if the chain is
 /// too short.
 ///
-/// The frame starts up to 7 bytes into the first buffer, so that its TCP or UDP payload is
+/// The frame starts up to `RX_PAD_MAX` bytes into the first buffer, so that its TCP or UDP payload is
 /// 8-byte aligned (the idea of Linux's NET_IP_ALIGN, one layer up). The application's copy
 /// out of the packet then shares the alignment of its receive buffer; with Zephyr's minimal
 /// libc, a copy between differently aligned buffers runs byte by byte.
