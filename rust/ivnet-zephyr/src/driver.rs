@@ -807,10 +807,10 @@ fn payload_offset(b: impl Fn(usize) -> u8, len: usize) -> usize {
 /// Appends `len` bytes from `src` to a fresh packet's buffer chain; false if the chain is
 /// too short.
 ///
-/// The frame starts up to `RX_PAD_MAX` bytes into the first buffer, so that its TCP or UDP payload is
-/// 8-byte aligned (the idea of Linux's NET_IP_ALIGN, one layer up). The application's copy
-/// out of the packet then shares the alignment of its receive buffer; with Zephyr's minimal
-/// libc, a copy between differently aligned buffers runs byte by byte.
+/// The frame starts up to `RX_PAD_MAX` bytes into the first buffer, so that its TCP or UDP
+/// payload is 8-byte aligned (the idea of Linux's NET_IP_ALIGN, one layer up). The
+/// application's copy out of the packet then shares the alignment of its receive buffer; with
+/// Zephyr's minimal libc, a copy between differently aligned buffers runs byte by byte.
 ///
 /// # Safety
 /// `pkt` is a packet we own whose buffers hold no data yet; `src` is readable for `len` bytes.
@@ -927,7 +927,14 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
         }
         more = match d.round(iface) {
             RoundResult::Idle => false,
-            RoundResult::More => true,
+            RoundResult::More => {
+                // A full budget and more waiting: let threads of our priority (the
+                // application's, when it shares it) take what we delivered before the next
+                // batch.
+                // SAFETY: plain yield of the link thread.
+                unsafe { sys::k_yield() };
+                true
+            }
             RoundResult::NoBuffer => {
                 if !no_buffer_logged {
                     dbg!(
