@@ -356,43 +356,46 @@ def profile(env: Env, secs: int, work: Path) -> dict:
     instructions and the host's CPU go (TCP host->cell, 1460 B)."""
     trace = work / f"{env.kind}-trace.log"
     execlog = work / f"{env.kind}-exec.log"
-    extra = ["-msg", "timestamp=on", "-D", str(trace)]
+    # debug-threads: QEMU names its threads ("CPU 0/TCG", ...) for the host table.
+    extra = ["-msg", "timestamp=on", "-D", str(trace), "-name", f"{env.kind},debug-threads=on"]
     for e in TRACE_EVENTS:
         extra += ["-trace", e]
     elf = env.elf
     vm = env.boot(elf, extra=extra)
-    env.ns.run("ping", "-c", "100", "-i", "0.02", CELL, timeout=60, check=False)
-    lat = sorted(irq_latency(trace))
-    procs = {"qemu": vm.proc.pid}
-    if env.peer:
-        procs["ivnet peer"] = env.peer.proc.pid
-    ipf = subprocess.Popen(env.ns.cmd("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", "1460", "-f", "m"),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    procs["iperf"] = ipf.pid
-    time.sleep(1.0)
-    before = {k: thread_times(p) for k, p in procs.items()}
-    t0 = time.time()
-    time.sleep(max(1.0, secs / 2 - 1.5))
-    vm.monitor(f"logfile {execlog}")
-    vm.monitor("log in_asm,exec,nochain")
-    time.sleep(0.4)
-    vm.monitor("log none")
-    vm.monitor(f"logfile {trace}")
-    out_text = ipf.communicate(timeout=secs + 30)[0]
-    dt = time.time() - t0
-    after = {k: thread_times(p) for k, p in procs.items()}
-    host = []
-    for k in procs:
-        for th, cpu in after[k].items():
-            d = cpu - before[k].get(th, 0.0)
-            if d / dt >= 0.01:
-                host.append((f"{k}: {th.split('/')[0]}", 100.0 * d / dt))
-    host.sort(key=lambda x: -x[1])
-    if "bits/sec" not in out_text:
-        raise ValueError(f"iperf during the profile: {out_text[-300:]!r}")
-    guest, blocks, insns = parse_exec_log(execlog)
-    execlog.unlink(missing_ok=True)
-    env.boot(elf)  # untraced again for what follows
+    try:
+        env.ns.run("ping", "-c", "100", "-i", "0.02", CELL, timeout=60, check=False)
+        lat = sorted(irq_latency(trace))
+        procs = {"qemu": vm.proc.pid}
+        if env.peer:
+            procs["ivnet peer"] = env.peer.proc.pid
+        ipf = subprocess.Popen(env.ns.cmd("iperf", "-c", CELL, "-p", "5001", "-t", str(secs), "-l", "1460", "-f", "m"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs["iperf"] = ipf.pid
+        time.sleep(1.0)
+        before = {k: thread_times(p) for k, p in procs.items()}
+        t0 = time.time()
+        time.sleep(max(1.0, secs / 2 - 1.5))
+        vm.monitor(f"logfile {execlog}")
+        vm.monitor("log in_asm,exec,nochain")
+        time.sleep(0.4)
+        vm.monitor("log none")
+        vm.monitor(f"logfile {trace}")
+        out_text = ipf.communicate(timeout=secs + 30)[0]
+        dt = time.time() - t0
+        after = {k: thread_times(p) for k, p in procs.items()}
+        host = []
+        for k in procs:
+            for th, cpu in after[k].items():
+                d = cpu - before[k].get(th, 0.0)
+                if d / dt >= 0.01:
+                    host.append((f"{k}: {th.split('/')[0]}", 100.0 * d / dt))
+        host.sort(key=lambda x: -x[1])
+        if "bits/sec" not in out_text:
+            raise ValueError(f"iperf during the profile: {out_text[-300:]!r}")
+        guest, blocks, insns = parse_exec_log(execlog)
+        execlog.unlink(missing_ok=True)
+    finally:
+        env.boot(elf)  # untraced again for what follows
     pct = (lambda q: lat[min(len(lat) - 1, int(len(lat) * q))]) if lat else (lambda q: float("nan"))
     return {"guest": guest, "blocks": blocks, "insns": insns, "host": host,
             "irq_n": len(lat), "irq_p50": pct(0.5), "irq_p90": pct(0.9),
