@@ -493,7 +493,7 @@ def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: 
                 rec.step(f"ivnet  cell<->cell {proto} {size} B #{rep}: {txt}")
 
 
-def machine_info(out: Path, envs: dict) -> dict:
+def machine_info() -> dict:
     def ver(cmd):
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -639,15 +639,14 @@ def main() -> int:
     micro = None
     if "micro" not in skip:
         micro = run_micro()
-    info = machine_info(out, qemu_lines)
+    info = machine_info()
     info["elapsed"] = f"{(time.time() - t_start) / 60:.1f} min"
     (out / "config" / "qemu.txt").write_text("\n".join(f"{k}: {v}" for k, v in qemu_lines.items()) + "\n")
     import bench_report
     md = bench_report.write(out, rec.rows, dict(info=info, profiles=profiles, micro=micro,
                                                   tuning=[(k, lab) for k, lab, _ in tun_rows],
                                                   udp_rate=a.udp_rate, reps=reps, secs=secs,
-                                                  full=a.full, qemu=qemu_lines,
-                                                  tuning_files={k: f for k, _l, f in tun_rows}))
+                                                  full=a.full, qemu=qemu_lines))
     log(f"\nreport: {out / 'report.md'}  ({(time.time() - t_start) / 60:.1f} min in all)\n")
     print(md.split("## Tuning")[0])
     return 0
