@@ -11,12 +11,17 @@ measured with iperf 2 in a network namespace made here (removed afterwards):
 
   tcp host->cell   iperf -c -l SIZE         -> zperf tcp download   (rate seen by iperf)
   tcp cell->host   zperf tcp upload SIZE    -> iperf -s             (rate seen by iperf)
-  udp host->cell   iperf -u -b RATE -l SIZE -> zperf udp download   (zperf's server report)
+  udp host->cell   iperf -u -b RATE -l SIZE -> zperf udp download   (zperf's server report;
+                   loss from what iperf sent)
   udp cell->host   zperf udp upload SIZE RATE -> iperf -s -u        (iperf's report)
   ping             ping -i 0.01 from the namespace: every RTT is a sample
   cell<->cell      (ivnet) two VMs on one link, zperf upload -> zperf download
-  tuning           ivnet with Zephyr's default network config, then each of the seed's steps
-  profile          guest PC samples (QEMU monitor) and host CPU per thread during a TCP run
+  tuning           ivnet with Zephyr's default network config, each of the seed's steps, and
+                   the full profile
+  profile          interrupt delivery (QEMU's GIC traces, during pings); the guest's executed
+                   instructions per function (QEMU's exec log) and host CPU per thread during
+                   a TCP run
+  micro            `ivnet bench-core`: the protocol core alone, two host threads
 
 Both drivers' VMs run at once and the samples alternate between them, so drifts in the machine's
 load hit both alike. Output (--out): samples.csv (every sample), report.md (ratio table with
