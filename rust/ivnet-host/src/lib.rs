@@ -8,7 +8,8 @@
 //! - [`link`]: one end of an ivshmem-net link (state machine and queues from `ivnet-core`);
 //! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
 //! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line;
-//! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory.
+//! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory;
+//! - [`topology`]: the topology file of a network of cells (parsed and checked).
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -20,3 +21,4 @@ pub mod proto;
 pub mod server;
 pub mod size;
 pub mod tap;
+pub mod topology;

@@ -52,6 +52,12 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         vectors: u16,
     },
+    /// Check a topology file (cells, links, host bridge, DHCP, forwards) and summarise it;
+    /// the first problem is reported with its line.
+    Check {
+        /// The topology file (TOML).
+        file: PathBuf,
+    },
     /// Microbenchmark of the protocol core: two threads, one shared region, the real TX and
     /// RX queues, every frame verified; also measures memcpy bandwidth for comparison.
     ///
@@ -98,6 +104,53 @@ fn signal_hook_register(sig: libc::c_int, flag: Arc<AtomicBool>) -> std::io::Res
     Ok(())
 }
 
+fn check(file: &std::path::Path) -> Result<(), String> {
+    use ivnet_host::topology::{Addressing, End, Topology};
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    let t = Topology::parse(&text, base).map_err(|e| format!("{}: {e}", file.display()))?;
+    let h = &t.host;
+    println!(
+        "host: bridge {} at {}/{}{}{}",
+        h.bridge,
+        h.address,
+        h.subnet.prefix,
+        h.dhcp
+            .map(|(a, b)| format!(", DHCP {a} - {b}"))
+            .unwrap_or_default(),
+        h.uplink
+            .as_ref()
+            .map(|u| format!(", NAT to {u}"))
+            .unwrap_or_default()
+    );
+    for c in &t.cells {
+        let a = match c.address {
+            Addressing::Dhcp => "DHCP".to_string(),
+            Addressing::Static(ip) => ip.to_string(),
+        };
+        println!("cell {}: {a}, image {}", c.name, c.image.display());
+    }
+    let name = |e: End| match e {
+        End::Host => "host".to_string(),
+        End::Cell(i) => t.cells[i].name.clone(),
+    };
+    for l in &t.links {
+        println!(
+            "link {} - {} ({} bytes)",
+            name(l.ends[0]),
+            name(l.ends[1]),
+            l.size
+        );
+    }
+    for f in &h.forwards {
+        println!(
+            "forward host:{}/{} -> {}:{}",
+            f.port, f.proto, t.cells[f.cell].name, f.to
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -129,6 +182,7 @@ fn main() -> ExitCode {
             let mut link = Link::new(client).map_err(|e| e.to_string())?;
             bridge::run(&mut link, &tap, &stop).map_err(|e| e.to_string())
         })(),
+        Cmd::Check { file } => check(&file),
         Cmd::BenchCore {
             seconds,
             sizes,

@@ -1,0 +1,689 @@
+//! The topology file: a network of Zephyr cells on ivnet links, and the host side that joins
+//! them to Linux networking (bridge, DHCP, NAT, port forwards).
+//!
+//! ```toml
+//! [host]
+//! bridge = "ivbr0"
+//! subnet = "10.20.0.0/24"          # the host's address is the first one unless `address`
+//! dhcp = ["10.20.0.100", "10.20.0.199"]
+//! uplink = "eth0"                  # optional: masquerade to it
+//!
+//! [[host.forward]]                 # host port -> a cell's service
+//! port = 8080
+//! cell = "c1"
+//! to = 4242
+//!
+//! [[cell]]
+//! name = "c1"
+//! image = "build/echo/zephyr/zephyr.elf"
+//! mac = "02:00:00:00:00:01"
+//! address = "dhcp"                 # or "10.20.0.11"
+//! services = [4242]
+//!
+//! [[link]]                         # "host" is the bridge; two cells make a cell<->cell link
+//! ends = ["c1", "host"]
+//! ```
+//!
+//! [`Topology::parse`] checks everything that can be checked without touching the machine and
+//! names the line of the first problem.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A problem in a topology file, with the line it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyError {
+    /// 1-based line of the offending value (0 when the file as a whole is at fault).
+    pub line: usize,
+    /// What is wrong, naming the offending value.
+    pub message: String,
+}
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}: {}", self.line, self.message)
+        } else {
+            write!(f, "{}", self.message)
+        }
+    }
+}
+
+impl std::error::Error for TopologyError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    host: RawHost,
+    #[serde(default)]
+    cell: Vec<RawCell>,
+    #[serde(default)]
+    link: Vec<RawLink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    bridge: Spanned<String>,
+    subnet: Spanned<String>,
+    address: Option<Spanned<String>>,
+    dhcp: Option<Spanned<[String; 2]>>,
+    uplink: Option<Spanned<String>>,
+    #[serde(default)]
+    forward: Vec<RawForward>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    port: Spanned<u16>,
+    cell: Spanned<String>,
+    to: Spanned<u16>,
+    #[serde(default = "tcp")]
+    proto: Spanned<String>,
+}
+
+fn tcp() -> Spanned<String> {
+    Spanned::new(0..0, "tcp".to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCell {
+    name: Spanned<String>,
+    image: Spanned<String>,
+    mac: Spanned<String>,
+    address: Spanned<String>,
+    #[serde(default)]
+    services: Vec<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    ends: Spanned<[String; 2]>,
+    #[serde(default = "one_mib")]
+    size: String,
+}
+
+fn one_mib() -> String {
+    "1M".to_string()
+}
+
+/// An IPv4 subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length, 8..=30.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+
+    /// True when `a` is a usable host address of the subnet (not the network or broadcast).
+    pub fn holds(&self, a: Ipv4Addr) -> bool {
+        let (a, n) = (u32::from(a), u32::from(self.network));
+        a & self.mask() == n && a != n && a != n | !self.mask()
+    }
+}
+
+/// How a cell gets its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// From the host's DHCP server.
+    Dhcp,
+    /// A fixed address in the host subnet.
+    Static(Ipv4Addr),
+}
+
+/// A host port forwarded to a cell's service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Host port.
+    pub port: u16,
+    /// Protocol, `tcp` or `udp`.
+    pub proto: String,
+    /// Index into [`Topology::cells`].
+    pub cell: usize,
+    /// The cell's port.
+    pub to: u16,
+}
+
+/// The host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Linux bridge the cells' TAPs join.
+    pub bridge: String,
+    /// Subnet of the bridge.
+    pub subnet: Subnet,
+    /// The host's address on the bridge.
+    pub address: Ipv4Addr,
+    /// DHCP range, first and last address.
+    pub dhcp: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Interface to masquerade to.
+    pub uplink: Option<String>,
+    /// Port forwards.
+    pub forwards: Vec<Forward>,
+}
+
+/// One cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// Name, unique.
+    pub name: String,
+    /// Zephyr image to boot.
+    pub image: PathBuf,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Addressing.
+    pub address: Addressing,
+    /// Ports of the cell's services.
+    pub services: Vec<u16>,
+}
+
+/// What a link end is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum End {
+    /// The host (a host peer on a TAP in the bridge).
+    Host,
+    /// A cell, by index into [`Topology::cells`].
+    Cell(usize),
+}
+
+/// One ivnet link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its two ends.
+    pub ends: [End; 2],
+    /// Shared memory size in bytes.
+    pub size: usize,
+}
+
+/// A checked topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The host side.
+    pub host: Host,
+    /// The cells.
+    pub cells: Vec<Cell>,
+    /// The links.
+    pub links: Vec<Link>,
+}
+
+struct Lines<'a>(&'a str);
+
+impl Lines<'_> {
+    fn at(&self, span: Range<usize>) -> usize {
+        if span.start == 0 && span.end == 0 {
+            return 0;
+        }
+        self.0[..span.start.min(self.0.len())].matches('\n').count() + 1
+    }
+
+    fn err<T>(&self, span: Range<usize>, message: impl Into<String>) -> Result<T, TopologyError> {
+        Err(TopologyError {
+            line: self.at(span),
+            message: message.into(),
+        })
+    }
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 16
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Topology {
+    /// Parses and checks a topology file's text. Relative image paths are taken from `base`
+    /// (the file's directory), and every image must exist.
+    pub fn parse(text: &str, base: &Path) -> Result<Topology, TopologyError> {
+        let lines = Lines(text);
+        let raw: RawFile = toml::from_str(text).map_err(|e| TopologyError {
+            line: e.span().map_or(0, |s| lines.at(s)),
+            message: e.message().to_string(),
+        })?;
+
+        // Host.
+        let h = &raw.host;
+        if !valid_ifname(h.bridge.get_ref()) {
+            return lines.err(
+                h.bridge.span(),
+                format!(
+                    "bridge name {:?} is not a valid interface name (1-15 characters)",
+                    h.bridge.get_ref()
+                ),
+            );
+        }
+        let subnet = {
+            let s = h.subnet.get_ref();
+            let parsed = s
+                .split_once('/')
+                .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)));
+            match parsed {
+                Some((a, p)) if (8..=30).contains(&p) => {
+                    let sn = Subnet {
+                        network: a,
+                        prefix: p,
+                    };
+                    if u32::from(a) & !sn.mask() != 0 {
+                        return lines.err(
+                            h.subnet.span(),
+                            format!(
+                                "subnet {s} has host bits set (did you mean the network address?)"
+                            ),
+                        );
+                    }
+                    sn
+                }
+                _ => {
+                    return lines.err(
+                        h.subnet.span(),
+                        format!(
+                            "subnet {s:?} is not an IPv4 network like 10.20.0.0/24 (prefix 8-30)"
+                        ),
+                    )
+                }
+            }
+        };
+        let address = match &h.address {
+            Some(a) => match a.get_ref().parse::<Ipv4Addr>() {
+                Ok(ip) if subnet.holds(ip) => ip,
+                _ => {
+                    return lines.err(
+                        a.span(),
+                        format!(
+                            "host address {:?} is not a host address in {}",
+                            a.get_ref(),
+                            h.subnet.get_ref()
+                        ),
+                    )
+                }
+            },
+            None => Ipv4Addr::from(u32::from(subnet.network) + 1),
+        };
+        let dhcp = match &h.dhcp {
+            Some(r) => {
+                let [a, b] = r.get_ref();
+                let (Ok(a), Ok(b)) = (a.parse::<Ipv4Addr>(), b.parse::<Ipv4Addr>()) else {
+                    return lines.err(r.span(), "DHCP range must be two IPv4 addresses");
+                };
+                if !subnet.holds(a) || !subnet.holds(b) || u32::from(a) > u32::from(b) {
+                    return lines.err(
+                        r.span(),
+                        format!(
+                            "DHCP range {a} - {b} is not an ascending range inside {}",
+                            h.subnet.get_ref()
+                        ),
+                    );
+                }
+                if (u32::from(a)..=u32::from(b)).contains(&u32::from(address)) {
+                    return lines.err(
+                        r.span(),
+                        format!("DHCP range {a} - {b} holds the host's own address {address}"),
+                    );
+                }
+                Some((a, b))
+            }
+            None => None,
+        };
+        if let Some(u) = &h.uplink {
+            if !valid_ifname(u.get_ref()) {
+                return lines.err(
+                    u.span(),
+                    format!("uplink {:?} is not a valid interface name", u.get_ref()),
+                );
+            }
+        }
+
+        // Cells.
+        let mut cells = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut macs: HashMap<[u8; 6], String> = HashMap::new();
+        let mut addrs: HashMap<Ipv4Addr, String> = HashMap::new();
+        addrs.insert(address, "the host".to_string());
+        for c in &raw.cell {
+            let name = c.name.get_ref();
+            if name == "host" || !valid_ifname(name) || name.len() > 10 {
+                return lines.err(
+                    c.name.span(),
+                    format!("cell name {name:?}: use 1-10 letters, digits, '-' or '_' (and not \"host\")"),
+                );
+            }
+            if names.contains_key(name) {
+                return lines.err(c.name.span(), format!("cell {name:?} is defined twice"));
+            }
+            let Some(mac) = parse_mac(c.mac.get_ref()) else {
+                return lines.err(
+                    c.mac.span(),
+                    format!(
+                        "MAC {:?} is not six hex bytes like 02:00:00:00:00:01",
+                        c.mac.get_ref()
+                    ),
+                );
+            };
+            if mac[0] & 1 == 1 {
+                return lines.err(
+                    c.mac.span(),
+                    format!("MAC {} is a multicast address", c.mac.get_ref()),
+                );
+            }
+            if let Some(other) = macs.insert(mac, name.clone()) {
+                return lines.err(
+                    c.mac.span(),
+                    format!(
+                        "MAC {} of cell {name:?} is already cell {other:?}'s",
+                        c.mac.get_ref()
+                    ),
+                );
+            }
+            let a = c.address.get_ref();
+            let addressing = if a == "dhcp" {
+                if dhcp.is_none() {
+                    return lines.err(
+                        c.address.span(),
+                        format!("cell {name:?} wants DHCP but [host] has no dhcp range"),
+                    );
+                }
+                Addressing::Dhcp
+            } else {
+                match a.parse::<Ipv4Addr>() {
+                    Ok(ip) if subnet.holds(ip) => {
+                        if let Some((lo, hi)) = dhcp {
+                            if (u32::from(lo)..=u32::from(hi)).contains(&u32::from(ip)) {
+                                return lines.err(c.address.span(), format!("address {ip} of cell {name:?} overlaps the DHCP range {lo} - {hi}"));
+                            }
+                        }
+                        if let Some(other) = addrs.insert(ip, format!("cell {name:?}")) {
+                            return lines.err(c.address.span(), format!("address {ip} of cell {name:?} is already {other}'s"));
+                        }
+                        Addressing::Static(ip)
+                    }
+                    _ => {
+                        return lines.err(
+                            c.address.span(),
+                            format!("address {a:?} of cell {name:?} is neither \"dhcp\" nor a host address in {}", h.subnet.get_ref()),
+                        )
+                    }
+                }
+            };
+            let image = base.join(c.image.get_ref());
+            if !image.is_file() {
+                return lines.err(
+                    c.image.span(),
+                    format!("image {} of cell {name:?} does not exist", image.display()),
+                );
+            }
+            names.insert(name.clone(), cells.len());
+            cells.push(Cell {
+                name: name.clone(),
+                image,
+                mac,
+                address: addressing,
+                services: c.services.clone(),
+            });
+        }
+
+        // Links.
+        let mut links = Vec::new();
+        let mut seen: HashSet<[End; 2]> = HashSet::new();
+        for l in &raw.link {
+            let end = |n: &str| -> Result<End, TopologyError> {
+                if n == "host" {
+                    Ok(End::Host)
+                } else {
+                    names.get(n).map(|&i| End::Cell(i)).map_or_else(
+                        || {
+                            lines.err(
+                                l.ends.span(),
+                                format!("link end {n:?} is neither \"host\" nor a cell"),
+                            )
+                        },
+                        Ok,
+                    )
+                }
+            };
+            let [a, b] = l.ends.get_ref();
+            let ends = [end(a)?, end(b)?];
+            if ends[0] == ends[1] {
+                return lines.err(l.ends.span(), format!("link joins {a:?} to itself"));
+            }
+            let key = if format!("{:?}", ends[0]) <= format!("{:?}", ends[1]) {
+                ends
+            } else {
+                [ends[1], ends[0]]
+            };
+            if !seen.insert(key) {
+                return lines.err(l.ends.span(), format!("{a:?} and {b:?} are linked twice"));
+            }
+            let size = crate::size::parse_size(&l.size).map_err(|e| TopologyError {
+                line: lines.at(l.ends.span()),
+                message: format!("link {a:?} - {b:?}: size: {e}"),
+            })?;
+            links.push(Link { ends, size });
+        }
+
+        // Forwards.
+        let mut forwards = Vec::new();
+        let mut ports: HashSet<(String, u16)> = HashSet::new();
+        for f in &h.forward {
+            let proto = f.proto.get_ref().to_ascii_lowercase();
+            if proto != "tcp" && proto != "udp" {
+                return lines.err(
+                    f.proto.span(),
+                    format!("protocol {:?} is neither tcp nor udp", f.proto.get_ref()),
+                );
+            }
+            let Some(&cell) = names.get(f.cell.get_ref()) else {
+                return lines.err(
+                    f.cell.span(),
+                    format!("forward to unknown cell {:?}", f.cell.get_ref()),
+                );
+            };
+            if !links
+                .iter()
+                .any(|l| l.ends.contains(&End::Cell(cell)) && l.ends.contains(&End::Host))
+            {
+                return lines.err(
+                    f.cell.span(),
+                    format!(
+                        "cell {:?} has no link to the host to forward to",
+                        f.cell.get_ref()
+                    ),
+                );
+            }
+            if *f.port.get_ref() == 0 || *f.to.get_ref() == 0 {
+                return lines.err(f.port.span(), "port 0 cannot be forwarded");
+            }
+            if !ports.insert((proto.clone(), *f.port.get_ref())) {
+                return lines.err(
+                    f.port.span(),
+                    format!(
+                        "host port {}/{proto} is already forwarded",
+                        f.port.get_ref()
+                    ),
+                );
+            }
+            forwards.push(Forward {
+                port: *f.port.get_ref(),
+                proto,
+                cell,
+                to: *f.to.get_ref(),
+            });
+        }
+
+        Ok(Topology {
+            host: Host {
+                bridge: h.bridge.get_ref().clone(),
+                subnet,
+                address,
+                dhcp,
+                uplink: h.uplink.as_ref().map(|u| u.get_ref().clone()),
+                forwards,
+            },
+            cells,
+            links,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> PathBuf {
+        // Cargo.toml stands in for an image: any existing file.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    const GOOD: &str = r#"
+[host]
+bridge = "ivbr0"
+subnet = "10.20.0.0/24"
+dhcp = ["10.20.0.100", "10.20.0.199"]
+uplink = "veth-out"
+
+[[host.forward]]
+port = 8080
+cell = "c1"
+to = 4242
+
+[[cell]]
+name = "c1"
+image = "Cargo.toml"
+mac = "02:00:00:00:00:01"
+address = "dhcp"
+services = [4242]
+
+[[cell]]
+name = "c2"
+image = "Cargo.toml"
+mac = "02:00:00:00:00:02"
+address = "10.20.0.12"
+
+[[link]]
+ends = ["c1", "host"]
+
+[[link]]
+ends = ["c2", "host"]
+
+[[link]]
+ends = ["c1", "c2"]
+size = "2M"
+"#;
+
+    #[test]
+    fn a_good_file_parses() {
+        let t = Topology::parse(GOOD, &base()).unwrap();
+        assert_eq!(t.host.address, Ipv4Addr::new(10, 20, 0, 1));
+        assert_eq!(t.cells.len(), 2);
+        assert_eq!(
+            t.cells[1].address,
+            Addressing::Static(Ipv4Addr::new(10, 20, 0, 12))
+        );
+        assert_eq!(t.links[2].ends, [End::Cell(0), End::Cell(1)]);
+        assert_eq!(t.links[2].size, 2 << 20);
+        assert_eq!(t.host.forwards[0].cell, 0);
+        assert_eq!(t.host.forwards[0].proto, "tcp");
+    }
+
+    /// Replaces `from` with `to` in the good file and returns the error.
+    fn bad(from: &str, to: &str) -> TopologyError {
+        assert!(GOOD.contains(from), "{from}");
+        Topology::parse(&GOOD.replacen(from, to, 1), &base()).unwrap_err()
+    }
+
+    fn line_of(needle: &str) -> usize {
+        GOOD[..GOOD.find(needle).unwrap()].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn every_mistake_is_named_with_its_line() {
+        let e = bad("mac = \"02:00:00:00:00:02\"", "mac = \"02:00:00:00:00:01\"");
+        assert_eq!(e.line, line_of("mac = \"02:00:00:00:00:02\""));
+        assert!(e.message.contains("already cell \"c1\"'s"), "{e}");
+
+        let e = bad("ends = [\"c2\", \"host\"]", "ends = [\"c3\", \"host\"]");
+        assert_eq!(e.line, line_of("ends = [\"c2\", \"host\"]"));
+        assert!(e.message.contains("\"c3\""), "{e}");
+
+        let e = bad("address = \"10.20.0.12\"", "address = \"10.20.0.150\"");
+        assert!(e.message.contains("overlaps the DHCP range"), "{e}");
+
+        let e = bad("address = \"10.20.0.12\"", "address = \"10.30.0.12\"");
+        assert!(e.message.contains("10.20.0.0/24"), "{e}");
+
+        let e = bad("image = \"Cargo.toml\"", "image = \"no-such.elf\"");
+        assert_eq!(e.line, line_of("image = \"Cargo.toml\""));
+        assert!(e.message.contains("does not exist"), "{e}");
+
+        let e = bad("name = \"c2\"", "name = \"c1\"");
+        assert!(e.message.contains("defined twice"), "{e}");
+
+        let e = bad(
+            "to = 4242\n",
+            "to = 4242\n\n[[host.forward]]\nport = 8080\ncell = \"c2\"\nto = 1\n",
+        );
+        assert!(e.message.contains("8080/tcp is already forwarded"), "{e}");
+
+        let e = bad(
+            "ends = [\"c1\", \"c2\"]",
+            "ends = [\"c2\", \"c1\"]\n[[link]]\nends = [\"c1\", \"c2\"]",
+        );
+        assert!(e.message.contains("linked twice"), "{e}");
+
+        let e = bad("subnet = \"10.20.0.0/24\"", "subnet = \"10.20.0.1/24\"");
+        assert!(e.message.contains("host bits"), "{e}");
+
+        let e = bad("mac = \"02:00:00:00:00:01\"", "mac = \"01:00:00:00:00:01\"");
+        assert!(e.message.contains("multicast"), "{e}");
+
+        let e = bad("bridge = \"ivbr0\"", "bridge = \"ivbr0\"\ncolour = 3");
+        assert_eq!(e.line, line_of("bridge = \"ivbr0\"") + 1);
+        assert!(e.message.contains("colour"), "{e}");
+
+        let e = bad(
+            "dhcp = [\"10.20.0.100\", \"10.20.0.199\"]",
+            "dhcp = [\"10.20.0.0\", \"10.20.0.9\"]",
+        );
+        assert!(e.message.contains("DHCP range"), "{e}");
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let s = Subnet {
+            network: Ipv4Addr::new(10, 20, 0, 0),
+            prefix: 24,
+        };
+        assert!(s.holds(Ipv4Addr::new(10, 20, 0, 1)));
+        assert!(!s.holds(Ipv4Addr::new(10, 20, 0, 0)));
+        assert!(!s.holds(Ipv4Addr::new(10, 20, 0, 255)));
+        assert!(!s.holds(Ipv4Addr::new(10, 20, 1, 1)));
+    }
+}
