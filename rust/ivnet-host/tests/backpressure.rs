@@ -5,8 +5,7 @@
 //! receiver's completion doorbell and retry the same frame, and the receiver must get every
 //! frame exactly once, in order, byte for byte.
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -16,8 +15,9 @@ use ivnet_core::queue::MIN_FRAME;
 use ivnet_core::v1::VECTOR_DATA;
 use ivnet_host::client::{drain_eventfd, Client};
 use ivnet_host::link::Link;
-use ivnet_host::server::{Server, ServerConfig};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+mod common;
 
 /// Frames sent.
 const N: u32 = 20_000;
@@ -47,19 +47,13 @@ fn fill(seq: u32, buf: &mut [u8]) {
     }
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ivnet-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Our own copy of the link's data-vector eventfd, to wait on from the link's thread.
+fn data_eventfd(link: &Link) -> OwnedFd {
+    link.client()
+        .vector(VECTOR_DATA)
+        .unwrap()
+        .try_clone_to_owned()
+        .unwrap()
 }
 
 /// True when `fd` became readable within `ms` milliseconds.
@@ -102,12 +96,7 @@ fn sender(
     receiver_done: &AtomicBool,
 ) -> (Link, SenderReport) {
     let mut rep = SenderReport::default();
-    let data = link
-        .client()
-        .vector(VECTOR_DATA)
-        .unwrap()
-        .try_clone_to_owned()
-        .unwrap();
+    let data = data_eventfd(&link);
     let mut buf = vec![0u8; MAX_LEN];
     let mut seq = 0u32;
     while seq < N {
@@ -155,12 +144,7 @@ fn sender(
 }
 
 fn receiver(mut link: Link, start: Instant, sender_done: &AtomicBool) -> Link {
-    let data = link
-        .client()
-        .vector(VECTOR_DATA)
-        .unwrap()
-        .try_clone_to_owned()
-        .unwrap();
+    let data = data_eventfd(&link);
     thread::sleep(FIRST_PAUSE);
     let mut got = vec![0u8; 2048];
     let mut want = vec![0u8; MAX_LEN];
@@ -223,26 +207,11 @@ fn receiver(mut link: Link, start: Instant, sender_done: &AtomicBool) -> Link {
 
 #[test]
 fn full_ring_applies_back_pressure_and_loses_nothing() {
-    let dir = TempDir::new("backpressure");
-    let socket = dir.0.join("link.sock");
-    let server = Server::new(ServerConfig {
-        socket: socket.clone(),
-        size: 1 << 20,
-        vectors: 2,
-    })
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = server.spawn(stop.clone());
-
-    let mut a = Link::new(Client::connect(&socket, 2).unwrap()).unwrap();
-    let mut b = Link::new(Client::connect(&socket, 2).unwrap()).unwrap();
-    let start = Instant::now();
-    while !(a.running() && b.running()) {
-        assert!(start.elapsed() < Duration::from_secs(10), "link not up");
-        a.update_state();
-        b.update_state();
-        thread::sleep(Duration::from_millis(2));
-    }
+    // Dropped last (declared first): the server outlives both links.
+    let server = common::start("backpressure", 1 << 20);
+    let mut a = Link::new(Client::connect(&server.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&server.path, 2).unwrap()).unwrap();
+    common::link_up(&mut a, &mut b);
 
     let start = Instant::now();
     let sender_done = Arc::new(AtomicBool::new(false));
@@ -287,6 +256,5 @@ fn full_ring_applies_back_pressure_and_loses_nothing() {
     assert!(a.running() && b.running());
 
     drop((a, b));
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap().unwrap();
+    drop(server);
 }

@@ -3,8 +3,6 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ivnet_core::state::LinkState;
@@ -13,73 +11,8 @@ use ivnet_host::client::{drain_eventfd, Client, ServerEvent};
 use ivnet_host::link::Link;
 use ivnet_host::server::{Server, ServerConfig, ServerError};
 
-struct Running {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    path: PathBuf,
-    _dir: TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap().unwrap();
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ivnet-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start(tag: &str, size: usize) -> Running {
-    let dir = TempDir::new(tag);
-    let path = dir.0.join("link.sock");
-    let server = Server::new(ServerConfig {
-        socket: path.clone(),
-        size,
-        vectors: 2,
-    })
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = Some(server.spawn(stop.clone()));
-    Running {
-        stop,
-        handle,
-        path,
-        _dir: dir,
-    }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Drives both ends' state machines until both run.
-fn link_up(a: &mut Link, b: &mut Link) {
-    wait_for("both ends RUN", || {
-        a.update_state();
-        b.update_state();
-        a.running() && b.running()
-    });
-    assert!(a.carrier() && b.carrier());
-}
+mod common;
+use common::{link_up, start, wait_for, TempDir};
 
 #[test]
 fn setup_messages_follow_qemus_protocol() {
