@@ -813,20 +813,13 @@ fn payload_offset(b: impl Fn(usize) -> u8, len: usize) -> usize {
 /// Zephyr's minimal libc, a copy between differently aligned buffers runs byte by byte.
 ///
 /// # Safety
-/// `pkt` is a packet we own whose buffers hold no data yet; `src` is readable for `len` bytes.
+/// `pkt` is a packet we own whose buffers hold no data yet and have room for
+/// `len + RX_PAD_MAX` bytes (as `to_pkt` allocates); `src` is readable for `len` bytes.
 unsafe fn write_pkt(pkt: *mut net_pkt, mut src: *const u8, len: usize) -> bool {
     let mut left = len;
     // SAFETY: a packet's buffer chain is a list of valid net_bufs ending in null.
     let mut buf = unsafe { (*pkt).__bindgen_anon_1.buffer };
     if !buf.is_null() {
-        let mut room = 0;
-        let mut b = buf;
-        while !b.is_null() {
-            // SAFETY: b is a valid net_buf of the chain.
-            room += unsafe { sys::net_buf_simple_tailroom(&(*b).__bindgen_anon_1.b) };
-            // SAFETY: see above.
-            b = unsafe { (*b).frags };
-        }
         // SAFETY: `src` is readable for `len` bytes (the closure never reads past them);
         // the peer may change them meanwhile, which only changes the padding chosen.
         let off = payload_offset(|i| unsafe { ptr::read_volatile(src.add(i)) }, len);
@@ -834,9 +827,9 @@ unsafe fn write_pkt(pkt: *mut net_pkt, mut src: *const u8, len: usize) -> bool {
         let sb = unsafe { &mut (*buf).__bindgen_anon_1.b };
         let pad = (8 - (sb.data as usize + off) % 8) % 8;
         // SAFETY: sb is valid.
-        if room >= len + pad && unsafe { sys::net_buf_simple_tailroom(sb) } > pad + off {
-            // SAFETY: the buffer is empty; this moves its data pointer `pad` bytes in, and
-            // the chain still has room for the frame.
+        if unsafe { sys::net_buf_simple_tailroom(sb) } > pad + off {
+            // SAFETY: the buffer is empty; this moves its data pointer `pad` <= RX_PAD_MAX
+            // bytes in, and the chain holds `len + RX_PAD_MAX` bytes.
             unsafe { sys::net_buf_simple_reserve(sb, pad) };
         }
     }
