@@ -106,11 +106,10 @@ def build(name: str, snippet: str, confs: list[Path], out: Path) -> Path:
 # ---- parsing iperf 2 and zperf output ----------------------------------------------------
 
 def mbit(text: str) -> float:
-    r = re.findall(r"([\d.]+) ([MKG]?)bits/sec", text)
-    if not r:
+    r = h.iperf_rate(text)
+    if r is None:
         raise ValueError(f"no rate in: {text[-300:]!r}")
-    v, u = r[-1]
-    return float(v) * {"K": 1e-3, "M": 1.0, "G": 1e3, "": 1e-6}[u]
+    return r
 
 
 def lost_total(text: str) -> tuple[int, int]:

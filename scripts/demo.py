@@ -76,8 +76,8 @@ def main():
         cell1.shell("zperf tcp download 5001", "Listening on port 5001")
         r = ns.run("iperf", "-c", "192.0.2.1", "-p", "5001", "-t", str(a.iperf_seconds), "-f", "m",
                    timeout=a.iperf_seconds + 30, check=False)
-        rates = re.findall(r"([\d.]+) Mbits/sec", r.stdout)
-        figures.append(("iperf TCP host -> cell1", f"{rates[-1]} Mbit/s" if rates else "failed"))
+        rate = h.iperf_rate(r.stdout)
+        figures.append(("iperf TCP host -> cell1", f"{rate:g} Mbit/s" if rate is not None else "failed"))
 
         say("8. cell2 <-> cell3 on their own link")
         out = cell2.shell("net ping -c 20 -i 50 192.0.2.12", r"icmp_seq=20 |Ping timeout", 30)

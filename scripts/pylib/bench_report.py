@@ -217,15 +217,11 @@ def sweep_section(rows) -> list[str]:
         for rate in sorted({_num(r["offered_mbit"]) for r in sw if r["direction"] == d}):
             cells = []
             for k in DRIVERS:
-                m = Summary(group(sw, driver=k, direction=d, offered_mbit=_fmt_rate(rate), metric="mbit"))
-                lo = Summary(group(sw, driver=k, direction=d, offered_mbit=_fmt_rate(rate), metric="loss_pct"))
+                m = Summary(group(sw, driver=k, direction=d, offered_mbit=str(rate), metric="mbit"))
+                lo = Summary(group(sw, driver=k, direction=d, offered_mbit=str(rate), metric="loss_pct"))
                 cells.append(f"{m.mean:.1f} / {lo.mean:.2f} %" if m.n else "error")
             md.append(f"| {d} | {rate:g} | {cells[0]} | {cells[1]} |")
     return md + [""]
-
-
-def _fmt_rate(x: float) -> str:
-    return str(x)
 
 
 def tuning_section(rows, meta) -> list[str]:
@@ -325,6 +321,12 @@ def distribution_section(rows) -> list[str]:
 
 def make_plots(out: Path, rows, meta) -> list[str]:
     made = []
+
+    def save(fig, name: str, dpi: int) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=dpi)
+        plt.close(fig)
+        made.append(name)
     size_rows = [r for r in rows if r["test"] == "size"]
     if size_rows:
         fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -342,10 +344,7 @@ def make_plots(out: Path, rows, meta) -> list[str]:
             ax.set_title(f"{proto.upper()} {d}")
             ax.legend()
         fig.suptitle("Throughput per payload size (mean, 95 % CI)")
-        fig.tight_layout()
-        fig.savefig(out / "throughput_by_size.png", dpi=90)
-        plt.close(fig)
-        made.append("throughput_by_size.png")
+        save(fig, "throughput_by_size.png", 90)
     sw = [r for r in rows if r["test"] == "sweep"]
     if sw:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -360,10 +359,7 @@ def make_plots(out: Path, rows, meta) -> list[str]:
         a2.set(xlabel="offered, Mbit/s", ylabel="received, Mbit/s", title="UDP received vs offered rate")
         a1.legend(fontsize=8)
         a2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "udp_sweep.png", dpi=90)
-        plt.close(fig)
-        made.append("udp_sweep.png")
+        save(fig, "udp_sweep.png", 90)
     # Histograms and QQ-plots of the samples, as in the seed's report.
     picks = [(p, d, s) for p, d, s in (("tcp", "host->cell", 1460), ("tcp", "cell->host", 1460),
                                         ("tcp", "cell->host", 256), ("udp", "host->cell", 1024),
@@ -389,10 +385,7 @@ def make_plots(out: Path, rows, meta) -> list[str]:
                 if len(v) >= 3 and np.ptp(v) > 0:
                     qqplot(v, line="s", ax=ax, markerfacecolor=COLORS[k], markeredgecolor=COLORS[k])
                 ax.set_title(f"QQ {LABEL[k]}: {title}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "samples_hist_qq.png", dpi=80)
-        plt.close(fig)
-        made.append("samples_hist_qq.png")
+        save(fig, "samples_hist_qq.png", 80)
     tun = [r for r in rows if r["test"] == "tuning"]
     if tun:
         cols = [("tcp", "cell->host", 1460, "TCP up"), ("tcp", "host->cell", 1460, "TCP down"),
@@ -409,10 +402,7 @@ def make_plots(out: Path, rows, meta) -> list[str]:
         ax.set_ylabel("Mbit/s")
         ax.set_title("ivnet: Zephyr defaults vs each tuning step")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "tuning.png", dpi=90)
-        plt.close(fig)
-        made.append("tuning.png")
+        save(fig, "tuning.png", 90)
     return made
 
 

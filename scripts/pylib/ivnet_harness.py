@@ -308,6 +308,15 @@ def ping_summary(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def iperf_rate(text: str) -> float | None:
+    """The last rate iperf 2 printed, in Mbit/s (whatever unit it chose), or None."""
+    r = re.findall(r"([\d.]+) ([MKG]?)bits/sec", text)
+    if not r:
+        return None
+    v, u = r[-1]
+    return float(v) * {"K": 1e-3, "M": 1.0, "G": 1e3, "": 1e-6}[u]
+
+
 def zephyr_ping_count(text: str) -> int:
     """Replies counted in the output of Zephyr's `net ping`."""
     return len(re.findall(r"bytes from .* icmp_seq=", text))
