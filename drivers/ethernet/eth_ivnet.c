@@ -7,6 +7,7 @@
 #define DT_DRV_COMPAT ivnet_ivshmem_eth
 
 #include <zephyr/kernel.h>
+#include <zephyr/init.h>
 #include <zephyr/device.h>
 #include <zephyr/logging/log.h>
 #include <zephyr/net/ethernet.h>
@@ -60,3 +61,8 @@ static const struct ethernet_api ivnet_api = {
 				      CONFIG_ETH_INIT_PRIORITY, &ivnet_api, NET_ETH_MTU);
 
 DT_INST_FOREACH_STATUS_OKAY(IVNET_INSTANCE)
+
+#ifdef CONFIG_IVNET_CELL_CONFIG
+/* Addresses, gateway and DHCP from the cell configuration, once the stack is up. */
+SYS_INIT(ivnet_cell_setup, APPLICATION, CONFIG_IVNET_CELL_CONFIG_INIT_PRIORITY);
+#endif

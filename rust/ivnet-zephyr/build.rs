@@ -33,6 +33,8 @@ fn main() {
 
     // Kconfig symbols the Rust code depends on, from the build's autoconf.h.
     println!("cargo::rustc-check-cfg=cfg(ivshmem_v2)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_cell_config)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_dhcpv4)");
     let autoconf = includes
         .split([';', ' '])
         .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
@@ -40,11 +42,18 @@ fn main() {
     if let Some(a) = &autoconf {
         println!("cargo:rerun-if-changed={}", a.display());
         let text = std::fs::read_to_string(a).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.trim() == "#define CONFIG_IVSHMEM_V2 1")
-        {
-            println!("cargo:rustc-cfg=ivshmem_v2");
+        let set = |sym: &str| {
+            let want = format!("#define CONFIG_{sym} 1");
+            text.lines().any(|l| l.trim() == want)
+        };
+        for (sym, cfg) in [
+            ("IVSHMEM_V2", "ivshmem_v2"),
+            ("IVNET_CELL_CONFIG", "ivnet_cell_config"),
+            ("NET_DHCPV4", "ivnet_dhcpv4"),
+        ] {
+            if set(sym) {
+                println!("cargo:rustc-cfg={cfg}");
+            }
         }
     }
 
@@ -70,7 +79,10 @@ fn main() {
         .allowlist_function("net_pkt_(rx_alloc_with_buffer|rx_alloc_on_iface|alloc_buffer_raw|read|write|cursor_init|unref|get_len)")
         .allowlist_function("net_recv_data")
         .allowlist_function("net_buf_simple_(add|tailroom|reserve)")
-        .allowlist_function("net_if_(carrier_off|set_link_addr|get_device)")
+        .allowlist_function("net_if_(carrier_off|set_link_addr|get_device|set_default)")
+        .allowlist_function("net_if_ipv4_(addr_add|set_netmask_by_addr|set_gw)")
+        .allowlist_function("net_dhcpv4_start")
+        .allowlist_function("k_mem_map_phys_bare")
         .allowlist_function("net_eth_carrier_(on|off)")
         .allowlist_function("ethernet_init")
         .allowlist_function("ivshmem_(get_mem|get_id|get_vectors|int_peer|register_handler)")

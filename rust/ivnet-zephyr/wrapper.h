@@ -17,6 +17,8 @@
 #include <zephyr/net/net_pkt.h>
 #include <zephyr/net/net_core.h>
 #include <zephyr/net/ethernet.h>
+#include <zephyr/net/dhcpv4.h>
+#include <zephyr/kernel/internal/mm.h>
 
 #include "eth_ivnet.h"
 
@@ -36,3 +38,11 @@ const uint32_t IVNET_TX_WAIT_MS = CONFIG_ETH_IVNET_TX_WAIT_MS;
 const uint32_t IVNET_MTU = NET_ETH_MTU;
 const int IVNET_POLL_MODE_NOTIFY_ONLY = K_POLL_MODE_NOTIFY_ONLY;
 const uint32_t IVNET_V2_PROTO_NET = IVSHMEM_V2_PROTO_NET;
+const uint32_t IVNET_K_MEM_CACHE_NONE = K_MEM_CACHE_NONE;
+const uint32_t IVNET_K_MEM_PERM_RW = K_MEM_PERM_RW;
+/* QEMU's fw_cfg (the cell configuration), when the devicetree has one; else 0. */
+#if DT_HAS_COMPAT_STATUS_OKAY(qemu_fw_cfg_mmio)
+const uintptr_t IVNET_FW_CFG_BASE = DT_REG_ADDR_RAW(DT_COMPAT_GET_ANY_STATUS_OKAY(qemu_fw_cfg_mmio));
+#else
+const uintptr_t IVNET_FW_CFG_BASE = 0;
+#endif

@@ -7,6 +7,7 @@
 //! - [`geometry`]: where the virtqueue and the data area sit in an output section;
 //! - [`queue`]: the TX and RX split virtqueues with swapped used rings and event indices;
 //! - [`state`]: the RESET/INIT/READY/RUN link state machine as a pure function;
+//! - [`cell`]: the configuration file the host hands a cell (MAC, addresses) through fw_cfg;
 //! - [`v1`]: the control page that lets the protocol run on upstream QEMU's ivshmem-doorbell.
 //!
 //! Everything the peer writes is validated before use; each violation is a
@@ -30,6 +31,7 @@
 #![cfg_attr(not(any(test, feature = "test-utils")), no_std)]
 #![deny(missing_docs)]
 
+pub mod cell;
 pub mod error;
 pub mod geometry;
 pub mod queue;

@@ -230,6 +230,13 @@ unsafe fn driver_of(dev: *const device) -> Option<&'static Driver> {
 }
 
 fn mac_for(cfg: &sys::ivnet_config, id: u32) -> [u8; 6] {
+    #[cfg(ivnet_cell_config)]
+    if let Some(mac) = usize::try_from(cfg.instance)
+        .ok()
+        .and_then(|i| crate::cellcfg::get().ifaces.get(i).and_then(|c| c.mac))
+    {
+        return mac;
+    }
     if !cfg.random_mac && cfg.mac != [0; 6] {
         return cfg.mac;
     }
@@ -353,7 +360,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
     // SAFETY: ivshmem is a device pointer from DEVICE_DT_GET.
     if !unsafe { sys::device_is_ready(ivshmem) } {
         err!(
-            "ivnet{}: ivshmem device not ready (no ivshmem PCI device, or no server?)",
+            "ivnet{}: ivshmem device not ready (no such PCI device given to QEMU, or no server): interface left down",
             cfg.instance
         );
         return -(sys::ENODEV as c_int);
@@ -971,6 +978,10 @@ pub unsafe fn iface_init(iface: *mut net_if) {
         sys::net_if_carrier_off(iface);
     }
     d.iface.store(iface, Ordering::Release);
+    #[cfg(ivnet_cell_config)]
+    if let Ok(n) = usize::try_from(d.cfg.instance) {
+        crate::cellcfg::register_iface(n, iface);
+    }
     d.raise();
 }
 

@@ -6,6 +6,8 @@
 //! `ivnet-core`.
 #![no_std]
 
+#[cfg(ivnet_cell_config)]
+mod cellcfg;
 mod copy;
 mod cs;
 mod driver;
@@ -92,4 +94,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     log::log(log::Level::Err, format_args!("ivnet: panic: {}", info));
     // SAFETY: halting the system is the only way out of a panic in a no_std driver.
     unsafe { sys::k_fatal_halt(0) }
+}
+
+/// Applies the cell configuration from fw_cfg (addresses, gateway, DHCP): a SYS_INIT at
+/// APPLICATION level, when CONFIG_IVNET_CELL_CONFIG is set.
+#[cfg(ivnet_cell_config)]
+#[no_mangle]
+pub extern "C" fn ivnet_cell_setup() -> c_int {
+    cellcfg::setup();
+    0
 }

@@ -1,0 +1,194 @@
+//! The cell configuration ([`ivnet_core::cell`]) read from QEMU's fw_cfg device and applied:
+//! the MAC when an interface is created, addresses, gateway and DHCP client at APPLICATION
+//! init (`ivnet_cell_setup`). One image then serves every cell of a topology.
+
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use critical_section::Mutex;
+use ivnet_core::cell::{self, netmask, CellConfig, Ipv4, MAX_FILE, MAX_IFACES};
+
+use crate::log::{err, inf, wrn};
+use crate::sys;
+
+/// QEMU's fw_cfg, MMIO flavour (Arm `virt`): data register at +0, 16-bit big-endian selector
+/// at +8.
+struct FwCfg {
+    base: *mut u8,
+}
+
+const FW_CFG_SIGNATURE: u16 = 0x0000;
+const FW_CFG_FILE_DIR: u16 = 0x0019;
+
+impl FwCfg {
+    /// Maps the device named by the devicetree, if the image has one.
+    fn open() -> Option<FwCfg> {
+        // From the devicetree (0 when the image has no fw_cfg node).
+        let phys = sys::IVNET_FW_CFG_BASE as usize;
+        if phys == 0 {
+            return None;
+        }
+        let mut virt: *mut u8 = core::ptr::null_mut();
+        // SAFETY: maps one page of device memory at the address devicetree gives for fw_cfg;
+        // `virt` receives the mapping, which is never unmapped.
+        unsafe {
+            sys::k_mem_map_phys_bare(
+                &mut virt,
+                phys,
+                0x1000,
+                sys::IVNET_K_MEM_CACHE_NONE | sys::IVNET_K_MEM_PERM_RW,
+            )
+        };
+        if virt.is_null() {
+            return None;
+        }
+        let f = FwCfg { base: virt };
+        f.select(FW_CFG_SIGNATURE);
+        let mut sig = [0u8; 4];
+        f.read(&mut sig);
+        (&sig == b"QEMU").then_some(f)
+    }
+
+    fn select(&self, key: u16) {
+        // SAFETY: `base` maps the fw_cfg registers; the selector is a 16-bit register at +8.
+        unsafe { core::ptr::write_volatile(self.base.add(8) as *mut u16, key.to_be()) };
+    }
+
+    fn read(&self, out: &mut [u8]) {
+        for b in out.iter_mut() {
+            // SAFETY: byte reads of the data register return the selected item's next byte.
+            *b = unsafe { core::ptr::read_volatile(self.base) };
+        }
+    }
+
+    /// Reads the named file into `buf`; returns its length (truncated to `buf`'s).
+    fn file(&self, name: &[u8], buf: &mut [u8]) -> Option<usize> {
+        self.select(FW_CFG_FILE_DIR);
+        let mut n = [0u8; 4];
+        self.read(&mut n);
+        let count = u32::from_be_bytes(n).min(4096);
+        for _ in 0..count {
+            // struct FWCfgFile { be32 size; be16 select; u16 reserved; char name[56]; }
+            let mut e = [0u8; 64];
+            self.read(&mut e);
+            let fname = &e[8..];
+            let end = fname.iter().position(|&c| c == 0).unwrap_or(fname.len());
+            if &fname[..end] == name {
+                let size = u32::from_be_bytes([e[0], e[1], e[2], e[3]]) as usize;
+                let key = u16::from_be_bytes([e[4], e[5]]);
+                let len = size.min(buf.len());
+                self.select(key);
+                self.read(&mut buf[..len]);
+                if size > len {
+                    wrn!("cell config: {} bytes, only the first {} read", size, len);
+                }
+                return Some(len);
+            }
+        }
+        None
+    }
+}
+
+static CONFIG: Mutex<RefCell<Option<CellConfig>>> = Mutex::new(RefCell::new(None));
+
+/// The cell's configuration (read from fw_cfg once; empty when there is none).
+pub fn get() -> CellConfig {
+    if let Some(c) = critical_section::with(|cs| *CONFIG.borrow_ref(cs)) {
+        return c;
+    }
+    let mut buf = [0u8; MAX_FILE];
+    let cfg = match FwCfg::open().and_then(|f| f.file(cell::FW_CFG_NAME.as_bytes(), &mut buf)) {
+        Some(len) => {
+            inf!("cell config: {} bytes from fw_cfg", len);
+            cell::parse(&buf[..len], |l| {
+                wrn!("cell config: line not understood: {}", l)
+            })
+        }
+        None => CellConfig::default(),
+    };
+    critical_section::with(|cs| *CONFIG.borrow_ref_mut(cs) = Some(cfg));
+    cfg
+}
+
+/// The interfaces of the ivnet devices, by devicetree instance (set by `iface_init`).
+static IFACES: [AtomicPtr<sys::net_if>; MAX_IFACES] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_IFACES];
+
+/// Records the interface of instance `n`.
+pub fn register_iface(n: usize, iface: *mut sys::net_if) {
+    if let Some(slot) = IFACES.get(n) {
+        slot.store(iface, Ordering::Release);
+    }
+}
+
+fn in_addr(a: [u8; 4]) -> sys::in_addr {
+    let mut r = sys::in_addr::default();
+    r.__bindgen_anon_1.s4_addr = a;
+    r
+}
+
+/// Applies addresses, gateways and DHCP (at APPLICATION init, when the stack is up).
+pub fn setup() {
+    let cfg = get();
+    for (i, ifc) in cfg.ifaces.iter().enumerate() {
+        if ifc.ipv4.is_none() && ifc.gw.is_none() {
+            continue;
+        }
+        let iface = IFACES[i].load(Ordering::Acquire);
+        if iface.is_null() {
+            wrn!(
+                "cell config: if{} is configured but this image has no ivnet{}",
+                i,
+                i
+            );
+            continue;
+        }
+        match ifc.ipv4 {
+            Some(Ipv4::Static(a, prefix)) => {
+                let addr = in_addr(a);
+                let mask = in_addr(netmask(prefix));
+                // SAFETY: `iface` is a live interface; the stack copies both addresses.
+                let ok = unsafe {
+                    !sys::net_if_ipv4_addr_add(iface, &addr, sys::net_addr_type_NET_ADDR_MANUAL, 0)
+                        .is_null()
+                        && sys::net_if_ipv4_set_netmask_by_addr(iface, &addr, &mask)
+                };
+                if ok {
+                    inf!("ivnet{}: {}.{}.{}.{}/{}", i, a[0], a[1], a[2], a[3], prefix);
+                } else {
+                    err!(
+                        "ivnet{}: cannot add {}.{}.{}.{}/{}",
+                        i,
+                        a[0],
+                        a[1],
+                        a[2],
+                        a[3],
+                        prefix
+                    );
+                }
+            }
+            Some(Ipv4::Dhcp) => {
+                #[cfg(ivnet_dhcpv4)]
+                {
+                    inf!("ivnet{}: DHCPv4", i);
+                    // SAFETY: `iface` is a live interface.
+                    unsafe { sys::net_dhcpv4_start(iface) };
+                }
+                #[cfg(not(ivnet_dhcpv4))]
+                err!("ivnet{}: DHCP asked for, but CONFIG_NET_DHCPV4 is off", i);
+            }
+            None => {}
+        }
+        if let Some(g) = ifc.gw {
+            // SAFETY: `iface` is a live interface; the stack copies the address.
+            unsafe { sys::net_if_ipv4_set_gw(iface, &in_addr(g)) };
+        }
+    }
+    if let Some(d) = cfg.default {
+        let iface = IFACES[d].load(Ordering::Acquire);
+        if !iface.is_null() {
+            // SAFETY: a live interface.
+            unsafe { sys::net_if_set_default(iface) };
+        }
+    }
+}
