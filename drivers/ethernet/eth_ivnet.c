@@ -65,4 +65,19 @@ DT_INST_FOREACH_STATUS_OKAY(IVNET_INSTANCE)
 #ifdef CONFIG_IVNET_CELL_CONFIG
 /* Addresses, gateway and DHCP from the cell configuration, once the stack is up. */
 SYS_INIT(ivnet_cell_setup, APPLICATION, CONFIG_IVNET_CELL_CONFIG_INIT_PRIORITY);
+
+#ifdef CONFIG_PM_CPU_OPS_PSCI
+#include <zephyr/drivers/pm_cpu_ops.h>
+#include <zephyr/sys/reboot.h>
+/*
+ * A cell is reset by MCUmgr (os group) through sys_reboot(): Zephyr's ARM64 default asks PSCI
+ * for SYSTEM_RESET2 on a warm reset, which QEMU does not implement (the cell would spin). A
+ * cold SYSTEM_RESET is what QEMU does implement.
+ */
+void sys_arch_reboot(int type)
+{
+	ARG_UNUSED(type);
+	(void)pm_system_reset(SYS_COLD_RESET);
+}
+#endif
 #endif

@@ -21,10 +21,25 @@ const BUDGET: usize = 64;
 
 /// Runs the bridge until `stop` is set, the server goes away, or an I/O error occurs.
 pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
+    run_with(link, tap, stop, |_| {})
+}
+
+/// As [`run`], calling `tick` with the link about every 100 ms (to publish its counters).
+pub fn run_with(
+    link: &mut Link,
+    tap: &Tap,
+    stop: &AtomicBool,
+    mut tick: impl FnMut(&Link),
+) -> io::Result<()> {
     link.update_state();
+    let mut last_tick = Instant::now();
     let mut tx_blocked = false;
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_tick.elapsed().as_millis() >= 100 {
+            last_tick = Instant::now();
+            tick(link);
+        }
         let running = link.running();
         let (sock_ev, st_ev, data_ev, tap_ev) = {
             let c = link.client();
@@ -66,12 +81,14 @@ pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
             continue;
         }
         // Shared memory -> TAP.
+        let mut dropped = 0;
         loop {
             let (_, more) = link.receive(BUDGET, |r, f| {
                 match r.ptr_range(f.offset, f.len) {
                     // SAFETY: ptr_range checked the frame lies inside the peer's section.
                     Ok(p) => {
                         if let Err(e) = unsafe { tap.write_raw(p, f.len) } {
+                            dropped += 1;
                             warn!("TAP {} write: {e}", tap.name());
                         }
                     }
@@ -82,6 +99,7 @@ pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
                 break;
             }
         }
+        link.stats.rx_dropped += dropped;
         // TAP -> shared memory.
         let _ = link.reclaim();
         if tx_blocked && link.tx_room(MAX_FRAME) {

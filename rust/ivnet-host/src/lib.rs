@@ -9,7 +9,11 @@
 //! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
 //! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line;
 //! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory;
-//! - [`topology`]: the topology file of a network of cells (parsed and checked).
+//! - [`network`] and [`metrics`]: `ivnet up`/`down`/`status`/`inventory`, the supervisor of a
+//!   running network, and its Prometheus metrics;
+//! - [`topology`]: the topology file of a network of cells (parsed and checked);
+//! - [`netcfg`]: links, bridges and IPv4 addresses configured through rtnetlink;
+//! - [`nft`]: one nftables table of NAT and port forwards per network, through nft's JSON API.
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -17,6 +21,10 @@ pub mod bridge;
 pub mod client;
 pub mod link;
 pub mod mapping;
+pub mod metrics;
+pub mod netcfg;
+pub mod network;
+pub mod nft;
 pub mod proto;
 pub mod server;
 pub mod size;

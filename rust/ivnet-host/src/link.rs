@@ -31,6 +31,16 @@ pub struct Stats {
     /// Frames not sent because they were shorter than an Ethernet header (the peer would
     /// take one for a protocol error and reset the link).
     pub runts_dropped: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Times a frame found the transmit ring full (the sender then waits for completions).
+    pub ring_full: u64,
+    /// Frames received from the peer that could not be delivered (e.g. the TAP refused them).
+    pub rx_dropped: u64,
+    /// Link state changes (RESET/INIT/READY/RUN).
+    pub state_changes: u64,
 }
 
 /// One end of a link.
@@ -183,6 +193,7 @@ impl Link {
             self.ring(VECTOR_STATE);
         }
         if before != self.state {
+            self.stats.state_changes += 1;
             info!("link: {:?} -> {:?}", before, self.state);
         }
         if self.running() {
@@ -254,9 +265,12 @@ impl Link {
         }
         let r = self.queues.tx.send(frame);
         match r {
-            Ok(true) => self.stats.tx_frames += 1,
+            Ok(true) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += frame.len() as u64;
+            }
+            Ok(false) => self.stats.ring_full += 1,
             Err(e) => self.protocol_reset(e),
-            _ => {}
         }
         r
     }
@@ -272,6 +286,7 @@ impl Link {
             return Ok(None);
         }
         let Some(slot) = self.queues.tx.reserve(max) else {
+            self.stats.ring_full += 1;
             return Ok(None);
         };
         let Some(n) = fill(self.queues.tx.region(), slot.offset) else {
@@ -288,6 +303,7 @@ impl Link {
             return Err(e);
         }
         self.stats.tx_frames += 1;
+        self.stats.tx_bytes += n as u64;
         Ok(Some(n))
     }
 
@@ -331,6 +347,7 @@ impl Link {
         while n < budget {
             match self.queues.rx.poll() {
                 Ok(Some(f)) => {
+                    self.stats.rx_bytes += f.len as u64;
                     deliver(self.queues.rx.region(), f);
                     if let Err(e) = self.queues.rx.complete(f) {
                         self.protocol_reset(e);

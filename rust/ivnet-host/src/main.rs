@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ivnet_host::bench::{self, WaitMode};
-use ivnet_host::{bridge, client::Client, link::Link, server, size::parse_size, tap::Tap};
+use ivnet_host::{bridge, client::Client, link::Link, network, server, size::parse_size, tap::Tap};
 use log::error;
 
 #[derive(Parser)]
@@ -57,6 +57,57 @@ enum Cmd {
     Check {
         /// The topology file (TOML).
         file: PathBuf,
+    },
+    /// Bring up the network a topology file describes: bridge, NAT and forwards, DHCP,
+    /// ivshmem servers and host peers, and the cells in QEMU. On a running network, restart
+    /// what died (a cell, dnsmasq) and change nothing else.
+    Up {
+        /// The topology file (TOML).
+        file: PathBuf,
+        /// Where networks keep their state (one directory per network, named after its bridge).
+        #[arg(long, default_value = network::STATE_ROOT)]
+        state_root: PathBuf,
+        /// Address of the Prometheus metrics endpoint.
+        #[arg(long, default_value = network::DEFAULT_METRICS)]
+        metrics: String,
+    },
+    /// Stop a network and remove everything it created (processes, TAPs, bridge, nftables
+    /// table, files), also after its supervisor died.
+    Down {
+        /// The network: its topology file, or its bridge name; the only running one if omitted.
+        network: Option<String>,
+        #[arg(long, default_value = network::STATE_ROOT)]
+        state_root: PathBuf,
+    },
+    /// Show a running network: cells, addresses, links, states and counters.
+    Status {
+        /// The network: its topology file, or its bridge name; the only running one if omitted.
+        network: Option<String>,
+        #[arg(long, default_value = network::STATE_ROOT)]
+        state_root: PathBuf,
+        /// Print JSON (for orchestrators) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ansible dynamic inventory of a running network's cells (`--list` or `--host NAME`).
+    /// The network is $IVNET_NETWORK, or the only running one.
+    Inventory {
+        /// All groups and host variables.
+        #[arg(long)]
+        list: bool,
+        /// One cell's variables.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value = network::STATE_ROOT)]
+        state_root: PathBuf,
+    },
+    /// The supervisor of a network (started by `ivnet up`).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        metrics: String,
     },
     /// Microbenchmark of the protocol core: two threads, one shared region, the real TX and
     /// RX queues, every frame verified; also measures memcpy bandwidth for comparison.
@@ -127,6 +178,7 @@ fn check(file: &std::path::Path) -> Result<(), String> {
         let a = match c.address {
             Addressing::Dhcp => "DHCP".to_string(),
             Addressing::Static(ip) => ip.to_string(),
+            Addressing::None => "no host link".to_string(),
         };
         println!("cell {}: {a}, image {}", c.name, c.image.display());
     }
@@ -149,6 +201,79 @@ fn check(file: &std::path::Path) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The state directory of a network named by its topology file or its bridge (or the only one).
+fn network_paths(root: &std::path::Path, network: Option<&str>) -> Result<network::Paths, String> {
+    let name = match network {
+        Some(n) if n.ends_with(".toml") || std::path::Path::new(n).is_file() => {
+            let text = std::fs::read_to_string(n).map_err(|e| format!("{n}: {e}"))?;
+            let v: toml::Value = toml::from_str(&text).map_err(|e| format!("{n}: {e}"))?;
+            Some(
+                v.get("host")
+                    .and_then(|h| h.get("bridge"))
+                    .and_then(|b| b.as_str())
+                    .ok_or_else(|| format!("{n}: no [host] bridge"))?
+                    .to_string(),
+            )
+        }
+        Some(n) => Some(n.to_string()),
+        None => std::env::var("IVNET_NETWORK").ok(),
+    };
+    network::find(root, name.as_deref()).map_err(|e| e.to_string())
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!(
+        "network {} (supervisor pid {}, up {} s), metrics {}",
+        v["network"].as_str().unwrap_or_default(),
+        v["supervisor_pid"],
+        v["uptime_s"],
+        v["metrics"].as_str().unwrap_or_default()
+    );
+    let h = &v["host"];
+    println!(
+        "  host: bridge {} at {} ({}), dnsmasq pid {}",
+        h["bridge"].as_str().unwrap_or_default(),
+        h["address"].as_str().unwrap_or_default(),
+        h["subnet"].as_str().unwrap_or_default(),
+        h["dnsmasq_pid"]
+    );
+    for c in v["cells"].as_array().into_iter().flatten() {
+        println!(
+            "  cell {:<10} {:<8} {:<15} pid {} restarts {}",
+            c["name"].as_str().unwrap_or_default(),
+            if c["running"].as_bool() == Some(true) {
+                "running"
+            } else {
+                "DOWN"
+            },
+            c["address"].as_str().unwrap_or("(no lease yet)"),
+            c["pid"],
+            c["restarts"]
+        );
+    }
+    for l in v["links"].as_array().into_iter().flatten() {
+        let c = &l["counters"];
+        println!(
+            "  link {:<16} {:<14} {}",
+            l["name"].as_str().unwrap_or_default(),
+            l["state"].as_str().unwrap_or_default(),
+            if c.is_object() {
+                format!(
+                    "tx {} frames/{} B, rx {} frames/{} B, ring full {}, drops {}",
+                    c["tx_frames"],
+                    c["tx_bytes"],
+                    c["rx_frames"],
+                    c["rx_bytes"],
+                    c["ring_full"],
+                    c["rx_dropped"]
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -183,6 +308,63 @@ fn main() -> ExitCode {
             bridge::run(&mut link, &tap, &stop).map_err(|e| e.to_string())
         })(),
         Cmd::Check { file } => check(&file),
+        Cmd::Up {
+            file,
+            state_root,
+            metrics,
+        } => (|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let v = network::up(&file, &state_root, &metrics, &exe).map_err(|e| e.to_string())?;
+            if let Some(r) = v.get("restarted") {
+                println!("network already up; restarted: {r}");
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        })(),
+        Cmd::Down {
+            network: n,
+            state_root,
+        } => network_paths(&state_root, n.as_deref())
+            .and_then(|p| network::down(&p).map_err(|e| e.to_string())),
+        Cmd::Status {
+            network: n,
+            state_root,
+            json,
+        } => network_paths(&state_root, n.as_deref()).and_then(|p| {
+            let v = network::request(&p, "status", std::time::Duration::from_secs(10))
+                .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }),
+        Cmd::Inventory {
+            list,
+            host,
+            state_root,
+        } => network_paths(&state_root, None).and_then(|p| {
+            let v = network::request(&p, "status", std::time::Duration::from_secs(10))
+                .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
+            let out = match (list, host) {
+                (_, Some(h)) => v["cells"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["name"] == h.as_str())
+                    .map(network::inventory_host)
+                    .ok_or_else(|| format!("no cell {h:?} in network {}", v["network"]))?,
+                (true, None) => network::inventory_list(&v),
+                (false, None) => return Err("inventory: give --list or --host NAME".into()),
+            };
+            println!("{}", serde_json::to_string_pretty(&out).unwrap());
+            Ok(())
+        }),
+        Cmd::Supervise { state_dir, metrics } => {
+            network::supervise(&state_dir, &metrics, &stop).map_err(|e| e.to_string())
+        }
         Cmd::BenchCore {
             seconds,
             sizes,

@@ -99,7 +99,7 @@ struct RawCell {
     name: Spanned<String>,
     image: Spanned<String>,
     mac: Spanned<String>,
-    address: Spanned<String>,
+    address: Option<Spanned<String>>,
     #[serde(default)]
     services: Vec<u16>,
 }
@@ -110,6 +110,7 @@ struct RawLink {
     ends: Spanned<[String; 2]>,
     #[serde(default = "one_mib")]
     size: String,
+    subnet: Option<Spanned<String>>,
 }
 
 fn one_mib() -> String {
@@ -144,6 +145,8 @@ pub enum Addressing {
     Dhcp,
     /// A fixed address in the host subnet.
     Static(Ipv4Addr),
+    /// None on the host subnet: the cell has no link to the host.
+    None,
 }
 
 /// A host port forwarded to a cell's service.
@@ -207,7 +210,13 @@ pub struct Link {
     pub ends: [End; 2],
     /// Shared memory size in bytes.
     pub size: usize,
+    /// A cell<->cell link's own subnet: the first end takes its first host address, the
+    /// second end the second. None for a link to the host (the host subnet).
+    pub subnet: Option<Subnet>,
 }
+
+/// ivnet interfaces one cell image carries (the `ivnet-cell` snippet's two links).
+pub const MAX_CELL_LINKS: usize = 2;
 
 /// A checked topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,11 +262,66 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// The MAC of a cell's `k`th interface: the cell's MAC, then the same with the second byte's
+/// low bit flipped.
+pub fn iface_mac(mac: [u8; 6], k: usize) -> [u8; 6] {
+    let mut m = mac;
+    if k > 0 {
+        m[1] ^= k as u8;
+    }
+    m
+}
+
+/// "02:00:00:00:00:01".
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() < 16
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Parses "a.b.c.d/p" with p in 8..=30 and no host bits.
+fn parse_subnet(s: &str) -> Result<Subnet, String> {
+    let parsed = s
+        .split_once('/')
+        .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)));
+    match parsed {
+        Some((a, p)) if (8..=30).contains(&p) => {
+            let sn = Subnet {
+                network: a,
+                prefix: p,
+            };
+            if u32::from(a) & !sn.mask() != 0 {
+                return Err(format!(
+                    "subnet {s} has host bits set (did you mean the network address?)"
+                ));
+            }
+            Ok(sn)
+        }
+        _ => Err(format!(
+            "subnet {s:?} is not an IPv4 network like 10.20.0.0/24 (prefix 8-30)"
+        )),
+    }
+}
+
+impl Subnet {
+    /// The `n`th host address (1 is the first after the network address).
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + n)
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(&self, o: &Subnet) -> bool {
+        let m = self.mask() & o.mask();
+        u32::from(self.network) & m == u32::from(o.network) & m
+    }
 }
 
 impl Topology {
@@ -281,36 +345,9 @@ impl Topology {
                 ),
             );
         }
-        let subnet = {
-            let s = h.subnet.get_ref();
-            let parsed = s
-                .split_once('/')
-                .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)));
-            match parsed {
-                Some((a, p)) if (8..=30).contains(&p) => {
-                    let sn = Subnet {
-                        network: a,
-                        prefix: p,
-                    };
-                    if u32::from(a) & !sn.mask() != 0 {
-                        return lines.err(
-                            h.subnet.span(),
-                            format!(
-                                "subnet {s} has host bits set (did you mean the network address?)"
-                            ),
-                        );
-                    }
-                    sn
-                }
-                _ => {
-                    return lines.err(
-                        h.subnet.span(),
-                        format!(
-                            "subnet {s:?} is not an IPv4 network like 10.20.0.0/24 (prefix 8-30)"
-                        ),
-                    )
-                }
-            }
+        let subnet = match parse_subnet(h.subnet.get_ref()) {
+            Ok(sn) => sn,
+            Err(e) => return lines.err(h.subnet.span(), e),
         };
         let address = match &h.address {
             Some(a) => match a.get_ref().parse::<Ipv4Addr>() {
@@ -403,35 +440,39 @@ impl Topology {
                     ),
                 );
             }
-            let a = c.address.get_ref();
-            let addressing = if a == "dhcp" {
-                if dhcp.is_none() {
-                    return lines.err(
-                        c.address.span(),
-                        format!("cell {name:?} wants DHCP but [host] has no dhcp range"),
-                    );
-                }
-                Addressing::Dhcp
-            } else {
-                match a.parse::<Ipv4Addr>() {
+            let addressing = if let Some(addr) = &c.address {
+                let a = addr.get_ref();
+                if a == "dhcp" {
+                    if dhcp.is_none() {
+                        return lines.err(
+                            addr.span(),
+                            format!("cell {name:?} wants DHCP but [host] has no dhcp range"),
+                        );
+                    }
+                    Addressing::Dhcp
+                } else {
+                    match a.parse::<Ipv4Addr>() {
                     Ok(ip) if subnet.holds(ip) => {
                         if let Some((lo, hi)) = dhcp {
                             if (u32::from(lo)..=u32::from(hi)).contains(&u32::from(ip)) {
-                                return lines.err(c.address.span(), format!("address {ip} of cell {name:?} overlaps the DHCP range {lo} - {hi}"));
+                                return lines.err(addr.span(), format!("address {ip} of cell {name:?} overlaps the DHCP range {lo} - {hi}"));
                             }
                         }
                         if let Some(other) = addrs.insert(ip, format!("cell {name:?}")) {
-                            return lines.err(c.address.span(), format!("address {ip} of cell {name:?} is already {other}'s"));
+                            return lines.err(addr.span(), format!("address {ip} of cell {name:?} is already {other}'s"));
                         }
                         Addressing::Static(ip)
                     }
                     _ => {
                         return lines.err(
-                            c.address.span(),
+                            addr.span(),
                             format!("address {a:?} of cell {name:?} is neither \"dhcp\" nor a host address in {}", h.subnet.get_ref()),
                         )
                     }
                 }
+                }
+            } else {
+                Addressing::None
             };
             let image = base.join(c.image.get_ref());
             if !image.is_file() {
@@ -486,7 +527,90 @@ impl Topology {
                 line: lines.at(l.ends.span()),
                 message: format!("link {a:?} - {b:?}: size: {e}"),
             })?;
-            links.push(Link { ends, size });
+            let cell_to_cell = !ends.contains(&End::Host);
+            let link_subnet = match (&l.subnet, cell_to_cell) {
+                (None, true) => {
+                    return lines.err(
+                        l.ends.span(),
+                        format!("cell<->cell link {a:?} - {b:?} needs its own subnet (subnet = \"10.30.0.0/30\")"),
+                    )
+                }
+                (Some(sn), false) => {
+                    return lines.err(
+                        sn.span(),
+                        format!("link {a:?} - {b:?} goes to the host, whose subnet is [host] subnet: drop this one"),
+                    )
+                }
+                (None, false) => None,
+                (Some(sn), true) => {
+                    let parsed = parse_subnet(sn.get_ref()).or_else(|e| lines.err(sn.span(), e))?;
+                    if parsed.overlaps(&subnet) {
+                        return lines.err(sn.span(), format!("subnet {} of link {a:?} - {b:?} overlaps the host subnet {}", sn.get_ref(), h.subnet.get_ref()));
+                    }
+                    if let Some(o) = links.iter().filter_map(|o: &Link| o.subnet).find(|o| o.overlaps(&parsed)) {
+                        return lines.err(sn.span(), format!("subnet {} of link {a:?} - {b:?} overlaps another link's {}/{}", sn.get_ref(), o.network, o.prefix));
+                    }
+                    Some(parsed)
+                }
+            };
+            for e in ends {
+                if let End::Cell(i) = e {
+                    if links.iter().filter(|o: &&Link| o.ends.contains(&e)).count()
+                        >= MAX_CELL_LINKS
+                    {
+                        return lines.err(
+                            l.ends.span(),
+                            format!("cell {:?} would have more than {MAX_CELL_LINKS} links (a cell image carries {MAX_CELL_LINKS} ivnet interfaces)", cells[i].name),
+                        );
+                    }
+                }
+            }
+            links.push(Link {
+                ends,
+                size,
+                subnet: link_subnet,
+            });
+        }
+        // A cell on the host bridge needs an address there; one off it must not give one.
+        for (i, c) in cells.iter().enumerate() {
+            let on_bridge = links
+                .iter()
+                .any(|l| l.ends.contains(&End::Cell(i)) && l.ends.contains(&End::Host));
+            let raw_cell = &raw.cell[i];
+            match (on_bridge, &raw_cell.address) {
+                (true, None) => {
+                    return lines.err(
+                        raw_cell.name.span(),
+                        format!(
+                            "cell {:?} is linked to the host but has no address (\"dhcp\" or one in {})",
+                            c.name,
+                            h.subnet.get_ref()
+                        ),
+                    )
+                }
+                (false, Some(a)) => {
+                    return lines.err(
+                        a.span(),
+                        format!(
+                            "cell {:?} has no link to the host, so no address on its subnet: drop this line",
+                            c.name
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+        // Every interface's MAC is unique (a cell's second interface takes its MAC with the
+        // second byte's low bit flipped).
+        let mut all_macs: HashMap<[u8; 6], String> = HashMap::new();
+        for (i, c) in cells.iter().enumerate() {
+            for k in 0..MAX_CELL_LINKS {
+                let m = iface_mac(c.mac, k);
+                if let Some(other) = all_macs.insert(m, format!("{} interface {k}", c.name)) {
+                    let line = raw.cell[i].mac.span();
+                    return lines.err(line, format!("MAC {} of cell {:?} interface {k} is already {other}'s (a second interface flips the second byte's low bit)", fmt_mac(m), c.name));
+                }
+            }
         }
 
         // Forwards.
@@ -553,6 +677,71 @@ impl Topology {
     }
 }
 
+/// One interface of a cell, in the order the cell sees them (ivnet0, ivnet1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellIface {
+    /// Index into [`Topology::links`].
+    pub link: usize,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its address (`None`: DHCP on the host bridge).
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// Whether it is the cell's link to the host bridge.
+    pub to_host: bool,
+}
+
+impl Topology {
+    /// The interfaces of cell `i`, in link order.
+    pub fn cell_ifaces(&self, i: usize) -> Vec<CellIface> {
+        let me = End::Cell(i);
+        let cell = &self.cells[i];
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.ends.contains(&me))
+            .enumerate()
+            .map(|(k, (li, l))| {
+                let to_host = l.ends.contains(&End::Host);
+                let address = match (l.subnet, cell.address) {
+                    (Some(sn), _) => {
+                        let n = if l.ends[0] == me { 1 } else { 2 };
+                        Some((sn.host(n), sn.prefix))
+                    }
+                    (None, Addressing::Static(a)) => Some((a, self.host.subnet.prefix)),
+                    (None, Addressing::Dhcp | Addressing::None) => None,
+                };
+                CellIface {
+                    link: li,
+                    mac: iface_mac(cell.mac, k),
+                    address,
+                    to_host,
+                }
+            })
+            .collect()
+    }
+
+    /// The configuration file handed to cell `i` (through QEMU's fw_cfg).
+    pub fn cell_config(&self, i: usize) -> ivnet_core::cell::CellConfig {
+        use ivnet_core::cell::{CellConfig, IfConfig, Ipv4};
+        let mut c = CellConfig::default();
+        for (k, f) in self.cell_ifaces(i).iter().enumerate() {
+            c.ifaces[k] = IfConfig {
+                mac: Some(f.mac),
+                ipv4: Some(match f.address {
+                    Some((a, p)) => Ipv4::Static(a.octets(), p),
+                    None => Ipv4::Dhcp,
+                }),
+                // A DHCP lease brings its own router; a static host-side address uses the host.
+                gw: (f.to_host && f.address.is_some()).then(|| self.host.address.octets()),
+            };
+            if f.to_host {
+                c.default = Some(k);
+            }
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,6 +785,7 @@ ends = ["c2", "host"]
 [[link]]
 ends = ["c1", "c2"]
 size = "2M"
+subnet = "10.30.0.0/30"
 "#;
 
     #[test]
@@ -654,7 +844,7 @@ size = "2M"
 
         let e = bad(
             "ends = [\"c1\", \"c2\"]",
-            "ends = [\"c2\", \"c1\"]\n[[link]]\nends = [\"c1\", \"c2\"]",
+            "ends = [\"c2\", \"c1\"]\nsubnet = \"10.31.0.0/30\"\n[[link]]\nends = [\"c1\", \"c2\"]",
         );
         assert!(e.message.contains("linked twice"), "{e}");
 
@@ -673,6 +863,42 @@ size = "2M"
             "dhcp = [\"10.20.0.0\", \"10.20.0.9\"]",
         );
         assert!(e.message.contains("DHCP range"), "{e}");
+
+        let e = bad("subnet = \"10.30.0.0/30\"", "");
+        assert!(e.message.contains("needs its own subnet"), "{e}");
+        let e = bad("subnet = \"10.30.0.0/30\"", "subnet = \"10.20.0.0/30\"");
+        assert!(e.message.contains("overlaps the host subnet"), "{e}");
+        let e = bad(
+            "ends = [\"c2\", \"host\"]",
+            "ends = [\"c2\", \"host\"]\nsubnet = \"10.40.0.0/30\"",
+        );
+        assert!(e.message.contains("drop this one"), "{e}");
+        let e = bad(
+            "subnet = \"10.30.0.0/30\"",
+            "subnet = \"10.30.0.0/30\"\n[[link]]\nends = [\"c1\", \"c3\"]\nsubnet = \"10.30.1.0/30\"\n[[cell]]\nname = \"c3\"\nimage = \"Cargo.toml\"\nmac = \"02:00:00:00:00:03\"\naddress = \"10.20.0.13\"",
+        );
+        assert!(e.message.contains("more than 2 links"), "{e}");
+        let e = bad("mac = \"02:00:00:00:00:02\"", "mac = \"02:01:00:00:00:01\"");
+        assert!(e.message.contains("interface 1"), "{e}");
+    }
+
+    #[test]
+    fn cells_get_their_interfaces_in_link_order() {
+        use ivnet_core::cell::Ipv4;
+        let t = Topology::parse(GOOD, &base()).unwrap();
+        let c1 = t.cell_ifaces(0);
+        assert_eq!(c1.len(), 2);
+        assert_eq!((c1[0].link, c1[0].address, c1[0].to_host), (0, None, true));
+        assert_eq!(c1[1].address, Some((Ipv4Addr::new(10, 30, 0, 1), 30)));
+        assert_eq!(c1[1].mac, [2, 1, 0, 0, 0, 1]);
+        let c2 = t.cell_config(1);
+        assert_eq!(c2.ifaces[0].ipv4, Some(Ipv4::Static([10, 20, 0, 12], 24)));
+        assert_eq!(c2.ifaces[0].gw, Some([10, 20, 0, 1]));
+        assert_eq!(c2.ifaces[1].ipv4, Some(Ipv4::Static([10, 30, 0, 2], 30)));
+        assert_eq!(c2.ifaces[1].gw, None);
+        assert_eq!(c2.default, Some(0));
+        let c1 = t.cell_config(0);
+        assert_eq!(c1.ifaces[0].ipv4, Some(Ipv4::Dhcp));
     }
 
     #[test]

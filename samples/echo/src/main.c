@@ -8,8 +8,30 @@
 #include <zephyr/kernel.h>
 #include <zephyr/logging/log.h>
 #include <zephyr/net/socket.h>
+#include <zephyr/stats/stats.h>
 
 LOG_MODULE_REGISTER(ivnet_echo, LOG_LEVEL_INF);
+
+/* The echo services' counters, readable over MCUmgr's stat group ("echo") when CONFIG_STATS. */
+STATS_SECT_START(echo_stats)
+STATS_SECT_ENTRY32(udp_rx)
+STATS_SECT_ENTRY32(udp_tx)
+STATS_SECT_ENTRY32(discarded)
+STATS_SECT_ENTRY32(tcp_conns)
+STATS_SECT_ENTRY32(tcp_bytes)
+STATS_SECT_ENTRY32(send_errors)
+STATS_SECT_END;
+
+STATS_NAME_START(echo_stats)
+STATS_NAME(echo_stats, udp_rx)
+STATS_NAME(echo_stats, udp_tx)
+STATS_NAME(echo_stats, discarded)
+STATS_NAME(echo_stats, tcp_conns)
+STATS_NAME(echo_stats, tcp_bytes)
+STATS_NAME(echo_stats, send_errors)
+STATS_NAME_END(echo_stats);
+
+STATS_SECT_DECL(echo_stats) echo_stats;
 
 #define ECHO_PORT 4242
 #define DISCARD_PORT 9
@@ -50,7 +72,14 @@ static void udp_serve(void *port, void *echo, void *buf)
 				break;
 			}
 			if (echo) {
-				zsock_sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
+				STATS_INC(echo_stats, udp_rx);
+				if (zsock_sendto(s, buf, n, 0, (struct sockaddr *)&from, fl) == n) {
+					STATS_INC(echo_stats, udp_tx);
+				} else {
+					STATS_INC(echo_stats, send_errors);
+				}
+			} else {
+				STATS_INC(echo_stats, discarded);
 			}
 		}
 		if (s >= 0) {
@@ -74,8 +103,11 @@ static void tcp_echo(void *a, void *b, void *c)
 			if (conn < 0) {
 				break;
 			}
+			STATS_INC(echo_stats, tcp_conns);
 			while ((n = zsock_recv(conn, buf, sizeof(buf), 0)) > 0) {
+				STATS_INCN(echo_stats, tcp_bytes, n);
 				if (zsock_send(conn, buf, n, 0) < 0) {
+					STATS_INC(echo_stats, send_errors);
 					break;
 				}
 			}
@@ -97,6 +129,7 @@ K_THREAD_DEFINE(tcp_echo_tid, 2048, tcp_echo, NULL, NULL, NULL, 7, 0, 0);
 
 int main(void)
 {
+	(void)STATS_INIT_AND_REG(echo_stats, STATS_SIZE_32, "echo");
 	LOG_INF("ivnet echo: UDP and TCP echo on port %d, UDP discard on %d; shell: net iface, "
 		"net ping, zperf", ECHO_PORT, DISCARD_PORT);
 	return 0;

@@ -1,0 +1,697 @@
+//! Synchronous rtnetlink configuration of links and addresses, by interface name.
+//!
+//! What `ivnet up` needs to build a host bridge for its cells: look up a link, create a bridge,
+//! enslave a TAP to it, bring links up, give the bridge an IPv4 address, remove what it made,
+//! and list what is there (for a "left nothing behind" check). Everything goes through a
+//! `NETLINK_ROUTE` socket (messages from `netlink-packet-route`), opened anew for each call,
+//! so it acts on the network namespace of the calling *thread* — which is what the tests use to
+//! work in a namespace of their own. The one exception is [`set_ip_forward`], a write to
+//! `/proc/sys/net/ipv4/ip_forward` (also per namespace of the opening thread).
+//!
+//! Errors are [`io::Error`]s whose message names the object and the operation, e.g.
+//! `bridge ivbr0: create: File exists (os error 17)`; their kind is that of the kernel's errno.
+
+use std::io::{self, Read, Seek, Write};
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// Adds context to an error: `"{what}: {err}"`, keeping the error's kind.
+fn ctx(what: impl std::fmt::Display, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+/// An error for a link that does not exist (kind `NotFound`).
+fn no_such_link(name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("link {name}: no such link"),
+    )
+}
+
+/// ENODEV, which the kernel answers for a link it does not know.
+fn is_enodev(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENODEV)
+}
+
+/// A rtnetlink socket bound to the kernel, in the calling thread's network namespace.
+struct Rtnl {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| ctx("netlink: open socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| ctx("netlink: bind socket", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| ctx("netlink: connect socket", e))?;
+        Ok(Rtnl { socket, seq: 0 })
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        let sent = self.socket.send(&buf, 0)?;
+        if sent != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "netlink: short send",
+            ));
+        }
+        Ok(self.seq)
+    }
+
+    /// Receives the answers to request `seq`, handing each inner message to `each`, until the
+    /// final ACK (or error) or, for a dump, the DONE message.
+    fn receive(&mut self, seq: u32, mut each: impl FnMut(RouteNetlinkMessage)) -> io::Result<()> {
+        loop {
+            let (buf, _) = self.socket.recv_from_full()?;
+            let mut off = 0;
+            while off < buf.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..]).map_err(
+                    |e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")),
+                )?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink: zero-length message",
+                    ));
+                }
+                // Messages in one datagram are aligned to 4 bytes.
+                off += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(_) => Err(e.to_io()),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(m) => each(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a request that changes something and waits for its ACK.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        let seq = self.send(msg, flags | NLM_F_ACK)?;
+        self.receive(seq, |_| {})
+    }
+
+    /// Sends a request and collects what comes back (a dump or a single answer).
+    fn query(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, flags | NLM_F_ACK)?;
+        let mut out = Vec::new();
+        self.receive(seq, |m| out.push(m))?;
+        Ok(out)
+    }
+
+    fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.query(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })),
+            Err(e) if is_enodev(&e) => Ok(None),
+            Err(e) => Err(ctx(format_args!("link {name}: look up"), e)),
+        }
+    }
+
+    fn require_index(&mut self, name: &str) -> io::Result<u32> {
+        self.link_index(name)?.ok_or_else(|| no_such_link(name))
+    }
+
+    /// Sends RTM_SETLINK for link `index` (called `name` in errors) with the given header flags
+    /// and attributes.
+    fn set_link(
+        &mut self,
+        name: &str,
+        what: &str,
+        index: u32,
+        flags: LinkFlags,
+        change: LinkFlags,
+        attributes: Vec<LinkAttribute>,
+    ) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = flags;
+        msg.header.change_mask = change;
+        msg.attributes = attributes;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(|e| ctx(format_args!("link {name}: {what}"), e))
+    }
+
+    fn ipv4_addrs(&mut self, name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+        let index = self.require_index(name)?;
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let answers = self
+            .query(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)
+            .map_err(|e| ctx(format_args!("link {name}: list addresses"), e))?;
+        let mut out = Vec::new();
+        for m in answers {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index || a.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
+            // point-to-point links, and the same as IFA_LOCAL otherwise.
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            });
+            let address = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            });
+            if let Some(addr) = local.or(address) {
+                out.push((addr, a.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The index of link `name`, or `None` if there is no such link.
+pub fn link_index(name: &str) -> io::Result<Option<u32>> {
+    Rtnl::open()?.link_index(name)
+}
+
+/// Creates a Linux bridge called `name` (left down). Fails (`AlreadyExists`) if a link of that
+/// name exists already: callers check with [`link_index`] first.
+pub fn create_bridge(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
+    Rtnl::open()?
+        .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+        .map_err(|e| ctx(format_args!("bridge {name}: create"), e))
+}
+
+/// Deletes link `name` (a bridge, a TAP, a veth — both ends go). Returns `Ok(())` if there is
+/// no such link, so that tearing down twice is harmless.
+pub fn delete_link(name: &str) -> io::Result<()> {
+    let mut nl = Rtnl::open()?;
+    let Some(index) = nl.link_index(name)? else {
+        return Ok(());
+    };
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match nl.request(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(()) => Ok(()),
+        // Gone between the look-up and the deletion (e.g. a TAP whose owner closed it).
+        Err(e) if is_enodev(&e) => Ok(()),
+        Err(e) => Err(ctx(format_args!("link {name}: delete"), e)),
+    }
+}
+
+/// Brings link `name` up (sets `IFF_UP`).
+pub fn set_up(name: &str) -> io::Result<()> {
+    let mut nl = Rtnl::open()?;
+    let index = nl.require_index(name)?;
+    nl.set_link(
+        name,
+        "set up",
+        index,
+        LinkFlags::Up,
+        LinkFlags::Up,
+        Vec::new(),
+    )
+}
+
+/// Makes bridge `bridge` the master of link `name` (enslaves it as a bridge port).
+pub fn set_master(name: &str, bridge: &str) -> io::Result<()> {
+    let mut nl = Rtnl::open()?;
+    let index = nl.require_index(name)?;
+    let master = nl.link_index(bridge)?.ok_or_else(|| no_such_link(bridge))?;
+    nl.set_link(
+        name,
+        &format!("set master {bridge}"),
+        index,
+        LinkFlags::empty(),
+        LinkFlags::empty(),
+        vec![LinkAttribute::Controller(master)],
+    )
+}
+
+/// Turns the hairpin mode of bridge port `name` on or off. With it on, the bridge may send a
+/// frame back out of the port it came in by, which a cell needs to reach a port forward of
+/// [`crate::nft`] through the host's address while `br_netfilter` is active
+/// (`net.bridge.bridge-nf-call-iptables = 1`, the default once loaded): the DNATed packet is
+/// then bridged back to the cell instead of routed. The price is that flooded frames
+/// (broadcasts, ARP requests) come back to their sender too.
+pub fn set_hairpin(name: &str, on: bool) -> io::Result<()> {
+    let mut nl = Rtnl::open()?;
+    let index = nl.require_index(name)?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            on,
+        )])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0)
+        .map_err(|e| {
+            ctx(
+                format_args!("link {name}: set hairpin {}", if on { "on" } else { "off" }),
+                e,
+            )
+        })
+}
+
+/// Adds IPv4 address `addr/prefix` to link `name` (with the subnet's broadcast address).
+/// Returns `Ok(())` if link `name` already has that very address with that prefix.
+pub fn add_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    if prefix > 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("link {name}: add address {addr}/{prefix}: prefix longer than 32"),
+        ));
+    }
+    let mut nl = Rtnl::open()?;
+    if nl.ipv4_addrs(name)?.contains(&(addr, prefix)) {
+        return Ok(());
+    }
+    let index = nl.require_index(name)?;
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(addr)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr)));
+    if prefix < 31 {
+        let host_mask = u32::MAX >> prefix;
+        let brd = Ipv4Addr::from(u32::from(addr) | host_mask);
+        msg.attributes.push(AddressAttribute::Broadcast(brd));
+    }
+    nl.request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map_err(|e| ctx(format_args!("link {name}: add address {addr}/{prefix}"), e))
+}
+
+/// The names of all links in the (calling thread's) network namespace.
+pub fn links() -> io::Result<Vec<String>> {
+    let answers = Rtnl::open()?
+        .query(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )
+        .map_err(|e| ctx("links: list", e))?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The IPv4 addresses (with their prefix lengths) of link `name`; an error if there is no
+/// such link.
+pub fn ipv4_addrs(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    Rtnl::open()?.ipv4_addrs(name)
+}
+
+/// Sets `net.ipv4.ip_forward` (through `/proc/sys/net/ipv4/ip_forward`) and returns the value
+/// it had before, so that a caller can put it back. Nothing is written if it is unchanged.
+pub fn set_ip_forward(on: bool) -> io::Result<bool> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    let what = |e| ctx(PATH, e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PATH)
+        .map_err(what)?;
+    let mut s = String::new();
+    f.read_to_string(&mut s).map_err(what)?;
+    let was = match s.trim() {
+        "0" => false,
+        "1" => true,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{PATH}: unexpected value {other:?}"),
+            ))
+        }
+    };
+    if was != on {
+        f.rewind().map_err(what)?;
+        f.write_all(if on { b"1\n" } else { b"0\n" })
+            .map_err(what)?;
+    }
+    Ok(was)
+}
+
+/// Helpers for the tests of this module and of [`crate::nft`]: fresh network namespaces,
+/// veth pairs, moving links between namespaces, routes.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use netlink_packet_route::link::{InfoData, InfoVeth};
+    use netlink_packet_route::route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    };
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    /// True (and says why on stderr) if the test cannot run because we are not root.
+    pub(crate) fn skip_unless_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return false;
+        }
+        eprintln!("{test}: skipped: needs root (CAP_NET_ADMIN and unshare(CLONE_NEWNET))");
+        true
+    }
+
+    /// Runs `f` on a new thread in a network namespace of its own (which goes away with the
+    /// thread), after bringing its `lo` up.
+    pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            set_up("lo").expect("lo up");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    /// A network namespace of its own, kept by a worker thread that runs closures in it; it
+    /// goes away (with its links) when this is dropped, unless something still holds it.
+    pub(crate) struct Netns {
+        jobs: Option<std::sync::mpsc::Sender<Job>>,
+        worker: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Netns {
+        /// A new namespace with `lo` up.
+        pub(crate) fn new() -> Netns {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let worker = std::thread::spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET)");
+                set_up("lo").expect("lo up");
+                for job in rx {
+                    job();
+                }
+            });
+            Netns {
+                jobs: Some(tx),
+                worker: Some(worker),
+            }
+        }
+
+        /// Runs `f` in the namespace and returns what it returns (or its panic).
+        pub(crate) fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let job: Job = Box::new(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                let _ = tx.send(r);
+            });
+            self.jobs
+                .as_ref()
+                .expect("worker")
+                .send(job)
+                .expect("netns worker gone");
+            match rx.recv().expect("netns worker gone") {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            self.jobs.take();
+            if let Some(w) = self.worker.take() {
+                let _ = w.join();
+            }
+        }
+    }
+
+    /// A handle on the calling thread's network namespace.
+    pub(crate) fn this_netns() -> OwnedFd {
+        std::fs::File::open("/proc/thread-self/ns/net")
+            .expect("open /proc/thread-self/ns/net")
+            .into()
+    }
+
+    /// Creates a veth pair `a` <-> `b`.
+    pub(crate) fn create_veth(a: &str, b: &str) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes.push(LinkAttribute::IfName(b.to_string()));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(a.to_string()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        Rtnl::open()?
+            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| ctx(format_args!("veth {a}: create"), e))
+    }
+
+    /// Moves link `name` into the network namespace `ns`.
+    pub(crate) fn move_to_netns(name: &str, ns: &OwnedFd) -> io::Result<()> {
+        let mut nl = Rtnl::open()?;
+        let index = nl.require_index(name)?;
+        nl.set_link(
+            name,
+            "move to netns",
+            index,
+            LinkFlags::empty(),
+            LinkFlags::empty(),
+            vec![LinkAttribute::NetNsFd(ns.as_raw_fd())],
+        )
+    }
+
+    /// Adds a default route via `gw`.
+    pub(crate) fn add_default_route(gw: Ipv4Addr) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = 254; // RT_TABLE_MAIN
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        Rtnl::open()?
+            .request(
+                RouteNetlinkMessage::NewRoute(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .map_err(|e| ctx(format_args!("route default via {gw}: add"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn bridge_lifecycle_in_netns() {
+        if skip_unless_root("bridge_lifecycle_in_netns") {
+            return;
+        }
+        in_netns(|| {
+            assert_eq!(link_index("ivtbr0").unwrap(), None);
+            create_bridge("ivtbr0").unwrap();
+            let br = link_index("ivtbr0").unwrap().expect("bridge index");
+            assert!(br > 1);
+            let e = create_bridge("ivtbr0").unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+            assert!(e.to_string().starts_with("bridge ivtbr0: create: "), "{e}");
+
+            create_veth("ivtv0", "ivtv1").unwrap();
+            set_master("ivtv0", "ivtbr0").unwrap();
+            set_up("ivtv0").unwrap();
+            set_up("ivtv1").unwrap();
+            set_up("ivtbr0").unwrap();
+            assert_eq!(master_of("ivtv0").as_deref(), Some("ivtbr0"));
+            assert!(is_up("ivtbr0") && is_up("ivtv0"));
+            assert_eq!(hairpin_of("ivtv0"), Some(false));
+            set_hairpin("ivtv0", true).unwrap();
+            assert_eq!(hairpin_of("ivtv0"), Some(true));
+            let e = set_hairpin("ivtv1", true).unwrap_err(); // not a bridge port
+            assert!(
+                e.to_string().starts_with("link ivtv1: set hairpin on: "),
+                "{e}"
+            );
+
+            let a = Ipv4Addr::new(10, 99, 0, 1);
+            add_ipv4("ivtbr0", a, 24).unwrap();
+            add_ipv4("ivtbr0", a, 24).unwrap(); // the very same: Ok
+            assert_eq!(ipv4_addrs("ivtbr0").unwrap(), vec![(a, 24)]);
+            assert_eq!(ipv4_addrs("ivtv1").unwrap(), vec![]);
+            let e = ipv4_addrs("nosuch0").unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+
+            let names = links().unwrap();
+            for n in ["lo", "ivtbr0", "ivtv0", "ivtv1"] {
+                assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+            }
+
+            let e = set_master("ivtv1", "nosuch0").unwrap_err();
+            assert!(e.to_string().contains("nosuch0"), "{e}");
+
+            delete_link("ivtv0").unwrap(); // takes ivtv1 along
+            delete_link("ivtbr0").unwrap();
+            delete_link("ivtbr0").unwrap(); // absent: Ok
+            assert_eq!(links().unwrap(), vec!["lo".to_string()]);
+        });
+    }
+
+    #[test]
+    fn tap_joins_bridge_in_netns() {
+        if skip_unless_root("tap_joins_bridge_in_netns") {
+            return;
+        }
+        in_netns(|| {
+            create_bridge("ivtbr1").unwrap();
+            // A TAP made the way the rest of the crate makes it (TUNSETIFF on /dev/net/tun).
+            let tap = crate::tap::Tap::open("ivttap0").expect("open tap");
+            set_master("ivttap0", "ivtbr1").unwrap();
+            set_up("ivttap0").unwrap();
+            assert_eq!(master_of("ivttap0").as_deref(), Some("ivtbr1"));
+            assert!(is_up("ivttap0"));
+            drop(tap); // not persistent: goes away when closed
+            assert_eq!(link_index("ivttap0").unwrap(), None);
+            delete_link("ivttap0").unwrap();
+            delete_link("ivtbr1").unwrap();
+        });
+    }
+
+    #[test]
+    fn ip_forward_is_per_netns() {
+        if skip_unless_root("ip_forward_is_per_netns") {
+            return;
+        }
+        let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        in_netns(|| {
+            assert!(!set_ip_forward(true).unwrap()); // a new netns starts with 0
+            assert!(set_ip_forward(true).unwrap());
+            assert!(set_ip_forward(false).unwrap());
+            assert!(!set_ip_forward(false).unwrap());
+        });
+        let host_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        assert_eq!(host_before, host_after);
+    }
+
+    /// The name of the master of link `name` (from its `IFLA_MASTER`), if it has one.
+    fn master_of(name: &str) -> Option<String> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answers = Rtnl::open()
+            .unwrap()
+            .query(RouteNetlinkMessage::GetLink(msg), 0)
+            .unwrap();
+        let master = answers.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Controller(i) => Some(i),
+                _ => None,
+            }),
+            _ => None,
+        })?;
+        let all = Rtnl::open()
+            .unwrap()
+            .query(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .unwrap();
+        all.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.header.index == master => {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// The hairpin mode of bridge port `name`, from its `IFLA_LINKINFO`.
+    fn hairpin_of(name: &str) -> Option<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answers = Rtnl::open()
+            .unwrap()
+            .query(RouteNetlinkMessage::GetLink(msg), 0)
+            .unwrap();
+        answers.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
+                    LinkInfo::PortData(InfoPortData::BridgePort(p)) => {
+                        p.into_iter().find_map(|x| match x {
+                            InfoBridgePort::HairpinMode(h) => Some(h),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        })
+    }
+
+    fn is_up(name: &str) -> bool {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answers = Rtnl::open()
+            .unwrap()
+            .query(RouteNetlinkMessage::GetLink(msg), 0)
+            .unwrap();
+        answers.into_iter().any(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.header.flags.contains(LinkFlags::Up),
+            _ => false,
+        })
+    }
+}

@@ -1,0 +1,1069 @@
+//! A running network of cells: `ivnet up` / `down` / `status` / `inventory` and the supervisor
+//! process behind them.
+//!
+//! `ivnet up <topology>` starts one supervisor per network (named after its bridge), detached,
+//! with its state in `/run/ivnet/<bridge>/`. The supervisor
+//!
+//! 1. creates the bridge and the host's address (netlink), turns on IPv4 forwarding when there
+//!    is NAT or a forward, and loads the network's nftables table (masquerade, DNAT);
+//! 2. runs one ivshmem server per link and, for each cell<->host link, a host peer on a TAP
+//!    enslaved to the bridge;
+//! 3. starts dnsmasq for DHCP on the bridge;
+//! 4. boots each cell in QEMU with its configuration (MACs, addresses) passed by fw_cfg;
+//! 5. answers `status`, `reconcile` and `down` on a UNIX socket, and serves Prometheus
+//!    metrics over HTTP.
+//!
+//! Every step that changes the machine is recorded (in memory and in `state.json`) so that a
+//! failure half-way, `down`, or the next `up` after a crash undoes exactly what was created.
+//! `up` on a running network is idempotent: it asks the supervisor to restart what died (a
+//! cell's QEMU, dnsmasq) and changes nothing else.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::link::{Link, Stats};
+use crate::nft;
+use crate::server::{Server, ServerConfig};
+use crate::tap::Tap;
+use crate::topology::{fmt_mac, Addressing, End, Topology};
+use crate::{bridge, netcfg};
+
+/// Where networks keep their state by default (one directory per network).
+pub const STATE_ROOT: &str = "/run/ivnet";
+/// Default address of the Prometheus metrics endpoint.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
+/// The MCUmgr (SMP over UDP) port of a cell.
+pub const MCUMGR_PORT: u16 = 1337;
+
+/// The state directory of the network whose bridge is `bridge`.
+pub fn state_dir(root: &Path, bridge: &str) -> PathBuf {
+    root.join(bridge)
+}
+
+/// What a supervisor created, written to `state.json` so that `down` can undo it even when
+/// the supervisor is gone.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The supervisor's pid.
+    pub supervisor: Option<u32>,
+    /// Links (bridge and TAPs) created.
+    pub links: Vec<String>,
+    /// nftables table created.
+    pub nft_table: Option<String>,
+    /// `ip_forward` before we turned it on.
+    pub ip_forward_before: Option<bool>,
+    /// Child processes: (what, pid).
+    pub processes: Vec<(String, u32)>,
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// The files of one network's state directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    fn f(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    /// The copy of the topology the network runs.
+    pub fn topology(&self) -> PathBuf {
+        self.f("topology.toml")
+    }
+    /// The directory the topology's relative image paths are taken from.
+    pub fn base(&self) -> PathBuf {
+        self.f("base")
+    }
+    /// The supervisor's control socket.
+    pub fn control(&self) -> PathBuf {
+        self.f("control.sock")
+    }
+    /// What was created.
+    pub fn record(&self) -> PathBuf {
+        self.f("state.json")
+    }
+    /// The supervisor's log.
+    pub fn log(&self) -> PathBuf {
+        self.f("supervisor.log")
+    }
+    /// The ivshmem server socket of link `i`.
+    pub fn link(&self, i: usize) -> PathBuf {
+        self.f(&format!("link{i}.sock"))
+    }
+    /// A cell's serial console (a UNIX socket; `socat - UNIX-CONNECT:<path>`).
+    pub fn console(&self, cell: &str) -> PathBuf {
+        self.f(&format!("{cell}.console.sock"))
+    }
+    /// A cell's console output.
+    pub fn console_log(&self, cell: &str) -> PathBuf {
+        self.f(&format!("{cell}.console.log"))
+    }
+    fn qemu_log(&self, cell: &str) -> PathBuf {
+        self.f(&format!("{cell}.qemu.log"))
+    }
+    fn cell_config(&self, cell: &str) -> PathBuf {
+        self.f(&format!("{cell}.cfg"))
+    }
+    /// dnsmasq's lease file.
+    pub fn leases(&self) -> PathBuf {
+        self.f("dnsmasq.leases")
+    }
+    fn dnsmasq_conf(&self) -> PathBuf {
+        self.f("dnsmasq.conf")
+    }
+    fn dnsmasq_log(&self) -> PathBuf {
+        self.f("dnsmasq.log")
+    }
+}
+
+/// The TAP of the host end of a cell's link.
+pub fn tap_name(cell: &str) -> String {
+    format!("ivt-{cell}")
+}
+
+/// Leases from dnsmasq's lease file: MAC -> address.
+pub fn read_leases(path: &Path) -> BTreeMap<[u8; 6], Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = fs::read_to_string(path) else {
+        return out;
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let mac: Vec<u8> = f[1]
+            .split(':')
+            .filter_map(|b| u8::from_str_radix(b, 16).ok())
+            .collect();
+        if let (Ok(m), Ok(ip)) = (<[u8; 6]>::try_from(mac), f[2].parse::<Ipv4Addr>()) {
+            out.insert(m, ip);
+        }
+    }
+    out
+}
+
+/// What a host peer thread publishes.
+#[derive(Debug, Default, Clone)]
+struct PeerView {
+    stats: Stats,
+    state: String,
+    carrier: bool,
+    connected: bool,
+}
+
+struct HostPeer {
+    view: Arc<Mutex<PeerView>>,
+    thread: JoinHandle<()>,
+}
+
+struct CellProc {
+    child: Option<Child>,
+    restarts: u64,
+    exits: u64,
+}
+
+/// The supervisor of one network.
+pub struct Supervisor {
+    topo: Topology,
+    paths: Paths,
+    metrics_addr: String,
+    qemu: String,
+    stop: Arc<AtomicBool>,
+    record: Record,
+    servers: Vec<JoinHandle<io::Result<()>>>,
+    peers: BTreeMap<usize, HostPeer>,
+    dnsmasq: Option<Child>,
+    dnsmasq_restarts: u64,
+    cells: Vec<CellProc>,
+    leases: BTreeMap<[u8; 6], Ipv4Addr>,
+    applied_forwards: Option<Vec<nft::Forward>>,
+    started: Instant,
+}
+
+fn kill(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Supervisor {
+    /// A supervisor for `topo` with its state in `paths` (not started).
+    pub fn new(topo: Topology, paths: Paths, metrics_addr: String) -> Supervisor {
+        let cells = topo
+            .cells
+            .iter()
+            .map(|_| CellProc {
+                child: None,
+                restarts: 0,
+                exits: 0,
+            })
+            .collect();
+        Supervisor {
+            topo,
+            paths,
+            metrics_addr,
+            qemu: std::env::var("IVNET_QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
+            stop: Arc::new(AtomicBool::new(false)),
+            record: Record {
+                supervisor: Some(std::process::id()),
+                ..Record::default()
+            },
+            servers: Vec::new(),
+            peers: BTreeMap::new(),
+            dnsmasq: None,
+            dnsmasq_restarts: 0,
+            cells,
+            leases: BTreeMap::new(),
+            applied_forwards: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn save_record(&self) {
+        let text = serde_json::to_string_pretty(&self.record).expect("serialisable");
+        if let Err(e) = fs::write(self.paths.record(), text) {
+            warn!("cannot write {}: {e}", self.paths.record().display());
+        }
+    }
+
+    fn note_process(&mut self, what: String, pid: u32) {
+        self.record.processes.retain(|(w, _)| *w != what);
+        self.record.processes.push((what, pid));
+        self.save_record();
+    }
+
+    fn needs_forwarding(&self) -> bool {
+        self.topo.host.uplink.is_some() || !self.topo.host.forwards.is_empty()
+    }
+
+    /// Brings everything up; on error, undoes what it did and returns the error.
+    pub fn up(&mut self) -> io::Result<()> {
+        let r = self.try_up();
+        if let Err(e) = &r {
+            error!("up failed, rolling back: {e}");
+            self.teardown();
+        }
+        r
+    }
+
+    fn try_up(&mut self) -> io::Result<()> {
+        let h = self.topo.host.clone();
+        // Names we are about to create must be free: never take over someone else's device.
+        let mut names = vec![h.bridge.clone()];
+        for l in &self.topo.links {
+            if let Some(c) = host_link_cell(l.ends) {
+                names.push(tap_name(&self.topo.cells[c].name));
+            }
+        }
+        for n in &names {
+            if netcfg::link_index(n)?.is_some() {
+                return Err(err(format!(
+                    "network device {n} already exists: another network, or a leftover (ivnet down)"
+                )));
+            }
+        }
+        if let Some(u) = &h.uplink {
+            if netcfg::link_index(u)?.is_none() {
+                return Err(err(format!("uplink {u} does not exist")));
+            }
+        }
+        // The bridge.
+        netcfg::create_bridge(&h.bridge)?;
+        self.record.links.push(h.bridge.clone());
+        self.save_record();
+        netcfg::add_ipv4(&h.bridge, h.address, h.subnet.prefix)?;
+        netcfg::set_up(&h.bridge)?;
+        info!("bridge {} at {}/{}", h.bridge, h.address, h.subnet.prefix);
+        // Forwarding and NAT.
+        if self.needs_forwarding() {
+            let before = netcfg::set_ip_forward(true)?;
+            self.record.ip_forward_before = Some(before);
+            self.save_record();
+        }
+        self.record.nft_table = Some(nft::table_name(&h.bridge));
+        self.save_record();
+        self.apply_nat()?;
+        // Links: servers, then host peers.
+        for (i, l) in self.topo.links.clone().iter().enumerate() {
+            let server = Server::new(ServerConfig {
+                socket: self.paths.link(i),
+                size: l.size,
+                vectors: 2,
+            })
+            .map_err(|e| err(format!("link {i}: {e}")))?;
+            self.servers.push(server.spawn(self.stop.clone()));
+            if let Some(c) = host_link_cell(l.ends) {
+                let tap = tap_name(&self.topo.cells[c].name);
+                let peer = self.start_peer(i, &tap)?;
+                self.peers.insert(i, peer);
+                self.record.links.push(tap);
+                self.save_record();
+            }
+        }
+        // DHCP.
+        if h.dhcp.is_some() {
+            self.start_dnsmasq()?;
+        }
+        // Cells.
+        for i in 0..self.topo.cells.len() {
+            self.start_cell(i)?;
+        }
+        Ok(())
+    }
+
+    fn start_peer(&self, link: usize, tap_name: &str) -> io::Result<HostPeer> {
+        let tap = Tap::open(tap_name).map_err(|e| err(format!("TAP {tap_name}: {e}")))?;
+        netcfg::set_master(tap_name, &self.topo.host.bridge)?;
+        netcfg::set_up(tap_name)?;
+        let view = Arc::new(Mutex::new(PeerView::default()));
+        let (v, stop, sock) = (view.clone(), self.stop.clone(), self.paths.link(link));
+        let name = format!("peer-{tap_name}");
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // The peer stays for the network's life: when its link breaks (the server is
+            // being stopped) it tries again until told to stop.
+            while !stop.load(Ordering::Relaxed) {
+                let r = Client::connect(&sock, 2)
+                    .and_then(Link::new)
+                    .and_then(|mut link| {
+                        v.lock().unwrap().connected = true;
+                        let r = bridge::run_with(&mut link, &tap, &stop, |l| {
+                            let mut g = v.lock().unwrap();
+                            g.stats = l.stats;
+                            g.state = format!("{:?}", l.state());
+                            g.carrier = l.carrier();
+                        });
+                        let mut g = v.lock().unwrap();
+                        g.connected = false;
+                        g.carrier = false;
+                        r
+                    });
+                if let Err(e) = r {
+                    if !stop.load(Ordering::Relaxed) {
+                        warn!("host peer on {}: {e}; retrying", tap.name());
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })?;
+        Ok(HostPeer { view, thread })
+    }
+
+    fn start_dnsmasq(&mut self) -> io::Result<()> {
+        let h = &self.topo.host;
+        let (lo, hi) = h.dhcp.expect("checked by caller");
+        let mask = Ipv4Addr::from(ivnet_core::cell::netmask(h.subnet.prefix));
+        let mut conf = format!(
+            "# Written by ivnet up for network {b}.\n\
+             interface={b}\nbind-interfaces\nexcept-interface=lo\nport=0\nno-resolv\nno-hosts\n\
+             dhcp-range={lo},{hi},{mask},1h\ndhcp-option=option:router,{r}\n\
+             dhcp-leasefile={l}\ndhcp-authoritative\nlog-dhcp\nlog-facility={log}\n",
+            b = h.bridge,
+            r = h.address,
+            l = self.paths.leases().display(),
+            log = self.paths.dnsmasq_log().display(),
+        );
+        for c in &self.topo.cells {
+            if c.address == Addressing::Dhcp {
+                conf += &format!("dhcp-host={},{}\n", fmt_mac(c.mac), c.name);
+            }
+        }
+        fs::write(self.paths.dnsmasq_conf(), conf)?;
+        let child = Command::new("dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!(
+                "--conf-file={}",
+                self.paths.dnsmasq_conf().display()
+            ))
+            .arg("--pid-file")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(
+                self.paths.dnsmasq_log().with_extension("err"),
+            )?)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| err(format!("dnsmasq: {e} (is dnsmasq installed?)")))?;
+        let pid = child.id();
+        self.dnsmasq = Some(child);
+        self.note_process("dnsmasq".into(), pid);
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(st) = self
+            .dnsmasq
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            let msg = fs::read_to_string(self.paths.dnsmasq_log().with_extension("err"))
+                .unwrap_or_default();
+            return Err(err(format!("dnsmasq exited ({st}): {}", msg.trim())));
+        }
+        info!("dnsmasq (pid {pid}) serves DHCP {lo} - {hi}");
+        Ok(())
+    }
+
+    fn qemu_command(&self, i: usize) -> io::Result<Command> {
+        let c = &self.topo.cells[i];
+        fs::write(
+            self.paths.cell_config(&c.name),
+            format!("name={}\n{}", c.name, self.topo.cell_config(i)),
+        )?;
+        let con = self.paths.console(&c.name);
+        let _ = fs::remove_file(&con);
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args([
+            "-cpu",
+            "cortex-a53",
+            "-nographic",
+            "-machine",
+            "virt,gic-version=3",
+        ])
+        .args(["-net", "none", "-monitor", "none", "-name", &c.name])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+            con.display(),
+            self.paths.console_log(&c.name).display()
+        ))
+        .args(["-serial", "chardev:con"]);
+        for (k, f) in self.topo.cell_ifaces(i).iter().enumerate() {
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,path={},id=ivs{k}",
+                    self.paths.link(f.link).display()
+                ))
+                .arg("-device")
+                .arg(format!("ivshmem-doorbell,vectors=2,chardev=ivs{k}"));
+        }
+        cmd.arg("-fw_cfg").arg(format!(
+            "name={},file={}",
+            ivnet_core::cell::FW_CFG_NAME,
+            self.paths.cell_config(&c.name).display()
+        ));
+        cmd.arg("-kernel").arg(&c.image);
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(self.paths.qemu_log(&c.name))?)
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        Ok(cmd)
+    }
+
+    fn start_cell(&mut self, i: usize) -> io::Result<()> {
+        let name = self.topo.cells[i].name.clone();
+        let mut cmd = self.qemu_command(i)?;
+        cmd.stderr(
+            fs::File::options()
+                .append(true)
+                .open(self.paths.qemu_log(&name))?,
+        );
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err(format!("cell {name}: {}: {e}", self.qemu)))?;
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(st)) = child.try_wait() {
+            let log = fs::read_to_string(self.paths.qemu_log(&name)).unwrap_or_default();
+            return Err(err(format!(
+                "cell {name}: QEMU exited at once ({st}): {}",
+                log.trim()
+            )));
+        }
+        let pid = child.id();
+        info!("cell {name}: QEMU pid {pid}");
+        self.cells[i].child = Some(child);
+        self.note_process(format!("cell {name}"), pid);
+        Ok(())
+    }
+
+    /// The forwards whose cell has an address now (DHCP cells once they have a lease).
+    fn resolved_forwards(&self) -> Vec<nft::Forward> {
+        self.topo
+            .host
+            .forwards
+            .iter()
+            .filter_map(|f| {
+                let addr = self.cell_address(f.cell)?;
+                Some(nft::Forward {
+                    port: f.port,
+                    proto: f.proto.parse().ok()?,
+                    to_addr: addr,
+                    to_port: f.to,
+                })
+            })
+            .collect()
+    }
+
+    /// The address of a cell on the host bridge (static, or its DHCP lease).
+    fn cell_address(&self, i: usize) -> Option<Ipv4Addr> {
+        let c = &self.topo.cells[i];
+        match c.address {
+            Addressing::Static(a) => Some(a),
+            Addressing::Dhcp => self.leases.get(&c.mac).copied(),
+            Addressing::None => None,
+        }
+    }
+
+    fn apply_nat(&mut self) -> io::Result<()> {
+        let forwards = self.resolved_forwards();
+        if self.applied_forwards.as_ref() == Some(&forwards) {
+            return Ok(());
+        }
+        let h = &self.topo.host;
+        nft::apply(&nft::NatConfig {
+            table: nft::table_name(&h.bridge),
+            bridge: h.bridge.clone(),
+            subnet: (h.subnet.network, h.subnet.prefix),
+            uplink: h.uplink.clone(),
+            forwards: forwards.clone(),
+        })?;
+        info!("nftables: {} forward(s) in place", forwards.len());
+        self.applied_forwards = Some(forwards);
+        Ok(())
+    }
+
+    /// Restarts what died (cells, dnsmasq); returns what it restarted.
+    pub fn reconcile(&mut self) -> Vec<String> {
+        let mut done = Vec::new();
+        if self.topo.host.dhcp.is_some() {
+            let dead = match self.dnsmasq.as_mut() {
+                Some(c) => c.try_wait().ok().flatten().is_some(),
+                None => true,
+            };
+            if dead {
+                match self.start_dnsmasq() {
+                    Ok(()) => {
+                        self.dnsmasq_restarts += 1;
+                        done.push("dnsmasq".to_string());
+                    }
+                    Err(e) => error!("restarting dnsmasq: {e}"),
+                }
+            }
+        }
+        for i in 0..self.cells.len() {
+            let alive = self.cells[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !alive {
+                match self.start_cell(i) {
+                    Ok(()) => {
+                        self.cells[i].restarts += 1;
+                        done.push(format!("cell {}", self.topo.cells[i].name));
+                    }
+                    Err(e) => error!("{e}"),
+                }
+            }
+        }
+        done
+    }
+
+    /// Stops everything and undoes every change (also after a failed `up`).
+    pub fn teardown(&mut self) {
+        for (i, c) in self.cells.iter_mut().enumerate() {
+            if let Some(mut child) = c.child.take() {
+                info!("stopping cell {}", self.topo.cells[i].name);
+                kill(&mut child, Duration::from_secs(2));
+            }
+        }
+        if let Some(mut d) = self.dnsmasq.take() {
+            kill(&mut d, Duration::from_secs(2));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.servers.drain(..) {
+            let _ = s.join();
+        }
+        for (_, p) in std::mem::take(&mut self.peers) {
+            let _ = p.thread.join();
+        }
+        self.record.processes.clear();
+        undo(&self.record);
+        self.record = Record::default();
+    }
+
+    fn poll(&mut self) {
+        for (i, c) in self.cells.iter_mut().enumerate() {
+            if let Some(child) = c.child.as_mut() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    warn!(
+                        "cell {}: QEMU exited ({st}); `ivnet up` restarts it",
+                        self.topo.cells[i].name
+                    );
+                    c.child = None;
+                    c.exits += 1;
+                }
+            }
+        }
+        if let Some(d) = self.dnsmasq.as_mut() {
+            if let Ok(Some(st)) = d.try_wait() {
+                error!("dnsmasq exited ({st}); `ivnet up` restarts it");
+                self.dnsmasq = None;
+            }
+        }
+        let leases = read_leases(&self.paths.leases());
+        if leases != self.leases {
+            self.leases = leases;
+            if let Err(e) = self.apply_nat() {
+                error!("nftables: {e}");
+            }
+        }
+    }
+
+    /// The network as JSON: host, cells, links with their state and counters.
+    pub fn status(&mut self) -> Value {
+        let h = &self.topo.host;
+        let name_of = |e: End| match e {
+            End::Host => "host".to_string(),
+            End::Cell(i) => self.topo.cells[i].name.clone(),
+        };
+        let mut cells = Vec::new();
+        for (i, c) in self.topo.cells.iter().enumerate() {
+            let proc_ = &self.cells[i];
+            let pid = proc_.child.as_ref().map(|c| c.id());
+            let ifaces: Vec<Value> = self
+                .topo
+                .cell_ifaces(i)
+                .iter()
+                .enumerate()
+                .map(|(k, f)| {
+                    let addr = match f.address {
+                        Some((a, p)) => Some(format!("{a}/{p}")),
+                        None => self
+                            .leases
+                            .get(&f.mac)
+                            .map(|a| format!("{a}/{}", h.subnet.prefix)),
+                    };
+                    json!({
+                        "name": format!("ivnet{k}"),
+                        "link": f.link,
+                        "mac": fmt_mac(f.mac),
+                        "addressing": if f.address.is_some() { "static" } else { "dhcp" },
+                        "address": addr,
+                    })
+                })
+                .collect();
+            cells.push(json!({
+                "name": c.name,
+                "running": pid.is_some(),
+                "pid": pid,
+                "address": self.cell_address(i).map(|a| a.to_string()),
+                "mac": fmt_mac(c.mac),
+                "image": c.image.display().to_string(),
+                "services": c.services,
+                "mcumgr": format!("udp/{MCUMGR_PORT}"),
+                "console": self.paths.console(&c.name).display().to_string(),
+                "console_log": self.paths.console_log(&c.name).display().to_string(),
+                "restarts": proc_.restarts,
+                "exits": proc_.exits,
+                "interfaces": ifaces,
+            }));
+        }
+        let mut links = Vec::new();
+        for (i, l) in self.topo.links.iter().enumerate() {
+            let mut v = json!({
+                "index": i,
+                "name": format!("{}-{}", name_of(l.ends[0]), name_of(l.ends[1])),
+                "ends": [name_of(l.ends[0]), name_of(l.ends[1])],
+                "size": l.size,
+                "socket": self.paths.link(i).display().to_string(),
+                "subnet": l.subnet.map(|s| format!("{}/{}", s.network, s.prefix)),
+            });
+            if let (Some(p), Some(c)) = (self.peers.get(&i), host_link_cell(l.ends)) {
+                let g = p.view.lock().unwrap().clone();
+                let s = g.stats;
+                v["tap"] = json!(tap_name(&self.topo.cells[c].name));
+                v["state"] = json!(g.state);
+                v["up"] = json!(g.carrier);
+                v["counters"] = json!({
+                    "tx_frames": s.tx_frames, "rx_frames": s.rx_frames,
+                    "tx_bytes": s.tx_bytes, "rx_bytes": s.rx_bytes,
+                    "rx_dropped": s.rx_dropped, "runts_dropped": s.runts_dropped,
+                    "ring_full": s.ring_full, "doorbells": s.doorbells,
+                    "state_changes": s.state_changes, "carrier_ups": s.carrier_ups,
+                    "protocol_resets": s.protocol_resets,
+                });
+            } else {
+                // A cell<->cell link: the host is not in its data path; both cells running
+                // is what the host can tell (their counters: MCUmgr stats / `net stats`).
+                let up = l.ends.iter().all(|e| match e {
+                    End::Cell(c) => self.cells[*c].child.is_some(),
+                    End::Host => false,
+                });
+                v["state"] = json!(if up {
+                    "cells running"
+                } else {
+                    "a cell is down"
+                });
+                v["up"] = json!(up);
+            }
+            links.push(v);
+        }
+        json!({
+            "network": h.bridge,
+            "state_dir": self.paths.dir.display().to_string(),
+            "supervisor_pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "metrics": format!("http://{}/metrics", self.metrics_addr),
+            "host": {
+                "bridge": h.bridge,
+                "address": h.address.to_string(),
+                "subnet": format!("{}/{}", h.subnet.network, h.subnet.prefix),
+                "dhcp": h.dhcp.map(|(a, b)| [a.to_string(), b.to_string()]),
+                "uplink": h.uplink,
+                "dnsmasq_pid": self.dnsmasq.as_ref().map(|c| c.id()),
+                "forwards": h.forwards.iter().map(|f| json!({
+                    "port": f.port, "proto": f.proto, "cell": self.topo.cells[f.cell].name,
+                    "to": f.to,
+                    "active": self.applied_forwards.as_ref().is_some_and(|a| a.iter().any(|x| x.port == f.port && x.proto.as_str() == f.proto)),
+                })).collect::<Vec<_>>(),
+            },
+            "cells": cells,
+            "links": links,
+        })
+    }
+
+    /// Runs until `down` (or SIGTERM via `stop`): serves the control socket and metrics.
+    pub fn serve(&mut self, control: UnixListener, metrics: TcpListener, term: &AtomicBool) {
+        control.set_nonblocking(true).expect("nonblocking");
+        metrics.set_nonblocking(true).expect("nonblocking");
+        loop {
+            if term.load(Ordering::Relaxed) {
+                info!("terminated: tearing down");
+                break;
+            }
+            self.poll();
+            if let Ok((s, _)) = control.accept() {
+                if self.handle_control(s) {
+                    break;
+                }
+            }
+            if let Ok((s, _)) = metrics.accept() {
+                let text = crate::metrics::render(&self.status());
+                let _ = crate::metrics::respond(s, &text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.teardown();
+        let _ = fs::remove_file(self.paths.control());
+    }
+
+    /// One control request; true when it asked to go down.
+    fn handle_control(&mut self, s: UnixStream) -> bool {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let mut r = BufReader::new(&s);
+        if r.read_line(&mut line).is_err() {
+            return false;
+        }
+        let mut w = &s;
+        match line.trim() {
+            "status" => {
+                let _ = writeln!(w, "{}", self.status());
+                false
+            }
+            "reconcile" => {
+                let done = self.reconcile();
+                let _ = writeln!(w, "{}", json!({ "restarted": done }));
+                false
+            }
+            "down" => {
+                info!("down requested");
+                self.teardown();
+                let _ = fs::remove_file(self.paths.control());
+                let _ = writeln!(w, "{}", json!({ "down": true }));
+                true
+            }
+            other => {
+                let _ = writeln!(
+                    w,
+                    "{}",
+                    json!({ "error": format!("unknown request {other:?}") })
+                );
+                false
+            }
+        }
+    }
+}
+
+fn host_link_cell(ends: [End; 2]) -> Option<usize> {
+    match ends {
+        [End::Cell(c), End::Host] | [End::Host, End::Cell(c)] => Some(c),
+        _ => None,
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Undoes what a record says was created: kills its processes, removes its links and its
+/// nftables table, restores `ip_forward`. Each step is tried even when another fails.
+pub fn undo(r: &Record) {
+    for (what, pid) in &r.processes {
+        if pid_alive(*pid) {
+            info!("stopping {what} (pid {pid})");
+            let p = nix::unistd::Pid::from_raw(*pid as i32);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..100 {
+                if !pid_alive(*pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    if let Some(t) = &r.nft_table {
+        if let Err(e) = nft::delete(t) {
+            error!("nftables table {t}: {e}");
+        }
+    }
+    for l in r.links.iter().rev() {
+        if let Err(e) = netcfg::delete_link(l) {
+            error!("{l}: {e}");
+        }
+    }
+    if let Some(before) = r.ip_forward_before {
+        if let Err(e) = netcfg::set_ip_forward(before) {
+            error!("ip_forward: {e}");
+        }
+    }
+}
+
+/// Sends one request to a network's supervisor and returns its JSON answer.
+pub fn request(paths: &Paths, what: &str, timeout: Duration) -> io::Result<Value> {
+    let mut s = UnixStream::connect(paths.control())?;
+    s.set_read_timeout(Some(timeout))?;
+    writeln!(s, "{what}")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    serde_json::from_str(&text).map_err(|e| err(format!("bad answer from the supervisor: {e}")))
+}
+
+/// Whether a live supervisor answers on the control socket.
+pub fn running(paths: &Paths) -> bool {
+    request(paths, "status", Duration::from_secs(5)).is_ok()
+}
+
+/// `ivnet down`: stops the network and removes everything it created, also when its
+/// supervisor died. Ok when nothing is running.
+pub fn down(paths: &Paths) -> io::Result<()> {
+    if paths.control().exists() {
+        match request(paths, "down", Duration::from_secs(60)) {
+            Ok(_) => info!("supervisor stopped the network"),
+            Err(e) => warn!("supervisor did not answer ({e}); cleaning up from its record"),
+        }
+    }
+    if let Ok(text) = fs::read_to_string(paths.record()) {
+        let r: Record = serde_json::from_str(&text)
+            .map_err(|e| err(format!("{}: {e}", paths.record().display())))?;
+        if let Some(pid) = r.supervisor {
+            for _ in 0..250 {
+                if !pid_alive(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if pid_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        undo(&r);
+    }
+    if paths.dir.exists() {
+        fs::remove_dir_all(&paths.dir)?;
+    }
+    Ok(())
+}
+
+/// `ivnet up`: starts the network described by `file` (or, when it runs, restarts what died).
+/// `exe` is this program (the supervisor is `exe supervise`).
+pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Value> {
+    let text = fs::read_to_string(file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()?;
+    let topo =
+        Topology::parse(&text, &base).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    let paths = Paths {
+        dir: state_dir(root, &topo.host.bridge),
+    };
+    if running(&paths) {
+        let old = fs::read_to_string(paths.topology()).unwrap_or_default();
+        let old_base = fs::read_to_string(paths.base()).unwrap_or_default();
+        if old != text || Path::new(old_base.trim()) != base {
+            return Err(err(format!(
+                "network {} runs a different topology: `ivnet down` it first",
+                topo.host.bridge
+            )));
+        }
+        return request(&paths, "reconcile", Duration::from_secs(60));
+    }
+    // A leftover of a supervisor that died: clean it up first.
+    if paths.dir.exists() {
+        warn!(
+            "{} is left from an earlier run: cleaning up",
+            paths.dir.display()
+        );
+        down(&paths)?;
+    }
+    fs::create_dir_all(&paths.dir)?;
+    fs::write(paths.topology(), &text)?;
+    fs::write(paths.base(), base.display().to_string())?;
+    let log = fs::File::create(paths.log())?;
+    let mut child = Command::new(exe)
+        .arg("supervise")
+        .arg("--state-dir")
+        .arg(&paths.dir)
+        .arg("--metrics")
+        .arg(metrics)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let log = fs::read_to_string(paths.log()).unwrap_or_default();
+            let _ = fs::remove_dir_all(&paths.dir);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(err(format!(
+                "the network did not come up ({st}); everything it created was removed. Its log:\n{}",
+                tail.join("\n")
+            )));
+        }
+        if let Ok(v) = request(&paths, "status", Duration::from_secs(5)) {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            down(&paths)?;
+            return Err(err("the supervisor did not answer within 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `ivnet supervise`: the supervisor process (started by `up`).
+pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()> {
+    let paths = Paths { dir: dir.into() };
+    let text = fs::read_to_string(paths.topology())?;
+    let base = PathBuf::from(fs::read_to_string(paths.base())?.trim());
+    let topo = Topology::parse(&text, &base).map_err(|e| err(e.to_string()))?;
+    let metrics_listener =
+        TcpListener::bind(metrics).map_err(|e| err(format!("metrics endpoint {metrics}: {e}")))?;
+    let mut sup = Supervisor::new(topo, paths.clone(), metrics.to_string());
+    sup.save_record();
+    sup.up()?;
+    let _ = fs::remove_file(paths.control());
+    let control = UnixListener::bind(paths.control())?;
+    info!(
+        "network {} is up; metrics on http://{metrics}/metrics",
+        sup.topo.host.bridge
+    );
+    sup.serve(control, metrics_listener, term);
+    sup.save_record();
+    Ok(())
+}
+
+/// Finds the state directory of `network`, or of the only network running under `root`.
+pub fn find(root: &Path, network: Option<&str>) -> io::Result<Paths> {
+    if let Some(n) = network {
+        return Ok(Paths {
+            dir: state_dir(root, n),
+        });
+    }
+    let mut found = Vec::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.path().join("control.sock").exists() || e.path().join("state.json").exists() {
+                found.push(e.path());
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(Paths {
+            dir: found.pop().unwrap(),
+        }),
+        0 => Err(err(format!(
+            "no network is up (nothing in {})",
+            root.display()
+        ))),
+        _ => Err(err(format!(
+            "several networks are up ({}): name one with --network",
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// An Ansible dynamic inventory from a status: `--list` (all groups and host variables).
+pub fn inventory_list(status: &Value) -> Value {
+    let mut hostvars = serde_json::Map::new();
+    let mut names = Vec::new();
+    for c in status["cells"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        hostvars.insert(name.clone(), inventory_host(c));
+        names.push(name);
+    }
+    let group = status["network"].as_str().unwrap_or("ivnet").to_string();
+    json!({
+        "all": { "children": ["ungrouped", "ivnet_cells", group] },
+        "ivnet_cells": { "hosts": names },
+        group: { "hosts": names },
+        "_meta": { "hostvars": hostvars },
+    })
+}
+
+/// The host variables of one cell (its status entry).
+pub fn inventory_host(c: &Value) -> Value {
+    json!({
+        "ansible_host": c["address"],
+        "ansible_connection": "local",
+        "ivnet_running": c["running"],
+        "ivnet_mac": c["mac"],
+        "ivnet_console": c["console"],
+        "ivnet_mcumgr_port": MCUMGR_PORT,
+        "ivnet_services": c["services"],
+        "ivnet_interfaces": c["interfaces"],
+    })
+}

@@ -1,0 +1,735 @@
+//! One nftables table per network: NAT to an uplink and port forwards to cells.
+//!
+//! The table is written as a document of nft's JSON API (`libnftables-json(5)`), built with
+//! `serde_json` and fed to `nft -j -f -` on its standard input, so that no rule text is ever
+//! pieced together from strings and the whole replacement is one transaction: either the new
+//! table is in place or the old one is untouched. `nft` runs in the network namespace of the
+//! calling thread (a child process inherits the namespaces of the thread that forks it), which
+//! the tests use to work in namespaces of their own.
+//!
+//! The table (family `ip`, see [`FAMILY`]) of a [`NatConfig`] has four base chains:
+//!
+//! - `prerouting` (nat, priority dstnat): for each [`Forward`], a connection arriving on any
+//!   interface for one of the host's own addresses (`fib daddr type local`) on the forwarded
+//!   port is DNATed to the cell. That includes connections from other hosts or namespaces, and
+//!   from the cells themselves to the bridge's address (hairpin: while `br_netfilter` is active,
+//!   the default, this also needs the hairpin mode of the cell's bridge port, see
+//!   [`crate::netcfg::set_hairpin`]).
+//! - `output` (nat, priority -100): the same DNAT for connections the host itself opens to one
+//!   of its own addresses, except loopback ones (127.0.0.0/8: a packet from 127.0.0.1 cannot be
+//!   routed out to a cell without `route_localnet`), so `curl http://<host address>:<port>`
+//!   works on the host but `curl localhost:<port>` does not.
+//! - `postrouting` (nat, priority srcnat): masquerade of the subnet's traffic leaving through the
+//!   uplink (if there is one); and masquerade of forwarded connections going to the bridge when
+//!   their source is in the subnet (hairpin) or is one of the host's own addresses, so that the
+//!   cell's replies come back through the host. Connections from elsewhere keep their source
+//!   address (the cell answers through its default route, the host).
+//! - `forward` (filter, policy accept): accepts bridge -> uplink, uplink -> bridge and DNATed
+//!   traffic. With policy accept this only counts and documents; another table's drop (e.g. a
+//!   host firewall with a drop policy on forward) still applies.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+
+/// The nftables family of the tables made here (IPv4 only, as the cells' subnet).
+pub const FAMILY: &str = "ip";
+
+/// The transport protocol of a [`Forward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// The protocol's name in nft (`tcp` or `udp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Proto {
+    type Err = io::Error;
+
+    /// `tcp` or `udp`, in any case.
+    fn from_str(s: &str) -> io::Result<Proto> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("protocol {s:?} is neither tcp nor udp"),
+            )),
+        }
+    }
+}
+
+/// A port of the host forwarded to a cell: `port`/`proto` on the host's addresses goes to
+/// `to_addr:to_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The host's port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// The cell's address.
+    pub to_addr: Ipv4Addr,
+    /// The cell's port.
+    pub to_port: u16,
+}
+
+/// What the table of one network holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The table's name (in family [`FAMILY`]); [`table_name`] gives the usual one.
+    pub table: String,
+    /// The bridge the cells are on.
+    pub bridge: String,
+    /// The cells' subnet, as an address in it and a prefix length.
+    pub subnet: (Ipv4Addr, u8),
+    /// The interface to masquerade the subnet's outgoing traffic through, if any.
+    pub uplink: Option<String>,
+    /// Ports of the host forwarded to cells.
+    pub forwards: Vec<Forward>,
+}
+
+/// The usual table name of the network on bridge `bridge`: `ivnet_<bridge>`.
+pub fn table_name(bridge: &str) -> String {
+    format!("ivnet_{bridge}")
+}
+
+fn meta(key: &str, value: &str) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": value}})
+}
+
+fn fib_local(which: &str) -> Value {
+    json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": [which]}}, "right": "local"}})
+}
+
+fn ip_in(field: &str, op: &str, (addr, len): (Ipv4Addr, u8)) -> Value {
+    json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": field}},
+        "right": {"prefix": {"addr": addr.to_string(), "len": len}}}})
+}
+
+fn dport(proto: Proto, port: u16) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto.as_str(), "field": "dport"}}, "right": port}})
+}
+
+fn ct_dnat() -> Value {
+    json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}})
+}
+
+fn counter() -> Value {
+    json!({"counter": null})
+}
+
+/// The JSON document that [`apply`] feeds to `nft -j -f -`: in one transaction, the table is
+/// deleted if present (an `add` then a `delete`, which nft 1.0.6 accepts whether or not it
+/// existed) and made anew with its chains and rules.
+pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
+    let (addr, len) = cfg.subnet;
+    if len > 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "nft table {}: subnet {addr}/{len}: prefix longer than 32",
+                cfg.table
+            ),
+        ));
+    }
+    // nft wants the network address, not any address in the subnet.
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let subnet = (Ipv4Addr::from(u32::from(addr) & mask), len);
+    let table = json!({"family": FAMILY, "name": cfg.table});
+    let chain = |name: &str, kind: &str, hook: &str, prio: i32| {
+        json!({"add": {"chain": {"family": FAMILY, "table": cfg.table, "name": name,
+            "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
+    };
+    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": FAMILY, "table": cfg.table, "chain": chain, "expr": expr}}});
+    let loopback = (Ipv4Addr::new(127, 0, 0, 0), 8);
+
+    let mut cmds = vec![
+        json!({"metainfo": {"json_schema_version": 1}}),
+        json!({"add": {"table": table}}),
+        json!({"delete": {"table": table}}),
+        json!({"add": {"table": table}}),
+        chain("prerouting", "nat", "prerouting", -100),
+        chain("output", "nat", "output", -100),
+        chain("postrouting", "nat", "postrouting", 100),
+        chain("forward", "filter", "forward", 0),
+    ];
+    for f in &cfg.forwards {
+        let dnat = json!({"dnat": {"addr": f.to_addr.to_string(), "port": f.to_port}});
+        cmds.push(rule(
+            "prerouting",
+            vec![
+                fib_local("daddr"),
+                dport(f.proto, f.port),
+                counter(),
+                dnat.clone(),
+            ],
+        ));
+        cmds.push(rule(
+            "output",
+            vec![
+                ip_in("daddr", "!=", loopback),
+                fib_local("daddr"),
+                dport(f.proto, f.port),
+                counter(),
+                dnat,
+            ],
+        ));
+    }
+    if let Some(up) = &cfg.uplink {
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                ip_in("saddr", "==", subnet),
+                meta("oifname", up),
+                counter(),
+                json!({"masquerade": null}),
+            ],
+        ));
+    }
+    if !cfg.forwards.is_empty() {
+        // Hairpin: a cell reaching a forward through the host's address.
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                meta("oifname", &cfg.bridge),
+                ct_dnat(),
+                ip_in("saddr", "==", subnet),
+                counter(),
+                json!({"masquerade": null}),
+            ],
+        ));
+        // The host itself reaching a forward through one of its own addresses.
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                meta("oifname", &cfg.bridge),
+                ct_dnat(),
+                fib_local("saddr"),
+                counter(),
+                json!({"masquerade": null}),
+            ],
+        ));
+    }
+    if let Some(up) = &cfg.uplink {
+        cmds.push(rule(
+            "forward",
+            vec![
+                meta("iifname", &cfg.bridge),
+                meta("oifname", up),
+                counter(),
+                json!({"accept": null}),
+            ],
+        ));
+        cmds.push(rule(
+            "forward",
+            vec![
+                meta("iifname", up),
+                meta("oifname", &cfg.bridge),
+                counter(),
+                json!({"accept": null}),
+            ],
+        ));
+    }
+    cmds.push(rule(
+        "forward",
+        vec![ct_dnat(), counter(), json!({"accept": null})],
+    ));
+    Ok(json!({ "nftables": cmds }))
+}
+
+/// Runs `nft` with `args`, `input` on its standard input; returns its standard output. An
+/// error names `what` and carries nft's standard error.
+fn run_nft(what: &str, args: &[&str], input: Option<&Value>) -> io::Result<Vec<u8>> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{what}: run nft: {e}")))?;
+    if let Some(doc) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let text = serde_json::to_vec(doc)?;
+        // nft reads the whole document before it answers, so writing before reading its
+        // (small) output cannot deadlock.
+        stdin
+            .write_all(&text)
+            .map_err(|e| io::Error::new(e.kind(), format!("{what}: write to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| io::Error::new(e.kind(), format!("{what}: wait for nft: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        let kind = if err.contains("Operation not permitted") {
+            io::ErrorKind::PermissionDenied
+        } else {
+            io::ErrorKind::Other
+        };
+        return Err(io::Error::new(
+            kind,
+            format!(
+                "{what}: nft {}: {}",
+                out.status,
+                if err.is_empty() { "(no message)" } else { err }
+            ),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// Replaces (or creates) the table of `cfg` in one nft transaction: if nft fails, the table
+/// that was there (if any) is left as it was.
+pub fn apply(cfg: &NatConfig) -> io::Result<()> {
+    let doc = ruleset(cfg)?;
+    run_nft(
+        &format!("nft table {}: apply", cfg.table),
+        &["-j", "-f", "-"],
+        Some(&doc),
+    )?;
+    Ok(())
+}
+
+/// Deletes table `table` (of family [`FAMILY`]); `Ok(())` if there is none.
+pub fn delete(table: &str) -> io::Result<()> {
+    let t = json!({"family": FAMILY, "name": table});
+    let doc = json!({"nftables": [
+        {"metainfo": {"json_schema_version": 1}},
+        {"add": {"table": t}},
+        {"delete": {"table": t}},
+    ]});
+    run_nft(
+        &format!("nft table {table}: delete"),
+        &["-j", "-f", "-"],
+        Some(&doc),
+    )?;
+    Ok(())
+}
+
+/// The (family, name) of every nftables table in the calling thread's network namespace.
+fn tables() -> io::Result<Vec<(String, String)>> {
+    let out = run_nft("nft tables: list", &["-j", "list", "tables"], None)?;
+    let doc: Value = serde_json::from_slice(&out).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("nft tables: list: bad JSON from nft: {e}"),
+        )
+    })?;
+    let items = doc["nftables"].as_array().cloned().unwrap_or_default();
+    Ok(items
+        .iter()
+        .filter_map(|i| {
+            let t = i.get("table")?;
+            Some((
+                t["family"].as_str()?.to_string(),
+                t["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// Whether table `table` of family [`FAMILY`] exists.
+pub fn exists(table: &str) -> io::Result<bool> {
+    Ok(tables()?
+        .iter()
+        .any(|(family, name)| family == FAMILY && name == table))
+}
+
+/// The names of all nftables tables, of every family (for a "left nothing behind" check).
+pub fn list_tables() -> io::Result<Vec<String>> {
+    Ok(tables()?.into_iter().map(|(_, name)| name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netcfg::testutil::{in_netns, skip_unless_root};
+
+    fn config() -> NatConfig {
+        NatConfig {
+            table: table_name("ivtbr0"),
+            bridge: "ivtbr0".into(),
+            subnet: (Ipv4Addr::new(10, 99, 0, 1), 24),
+            uplink: Some("ivtup0".into()),
+            forwards: vec![
+                Forward {
+                    port: 18080,
+                    proto: Proto::Tcp,
+                    to_addr: Ipv4Addr::new(10, 99, 0, 2),
+                    to_port: 80,
+                },
+                Forward {
+                    port: 15353,
+                    proto: Proto::Udp,
+                    to_addr: Ipv4Addr::new(10, 99, 0, 3),
+                    to_port: 53,
+                },
+            ],
+        }
+    }
+
+    /// (name, hook) of each chain.
+    type Chains = Vec<(String, String)>;
+    /// (chain, expressions) of each rule.
+    type Rules = Vec<(String, Value)>;
+
+    /// The chains and the rules of `table`, from `nft -j list table`.
+    fn listing(table: &str) -> (Chains, Rules) {
+        let out = run_nft("test", &["-j", "list", "table", FAMILY, table], None).unwrap();
+        let doc: Value = serde_json::from_slice(&out).unwrap();
+        let mut chains = Vec::new();
+        let mut rules = Vec::new();
+        for item in doc["nftables"].as_array().unwrap() {
+            if let Some(c) = item.get("chain") {
+                chains.push((
+                    c["name"].as_str().unwrap().into(),
+                    c["hook"].as_str().unwrap().into(),
+                ));
+            }
+            if let Some(r) = item.get("rule") {
+                rules.push((r["chain"].as_str().unwrap().into(), r["expr"].clone()));
+            }
+        }
+        (chains, rules)
+    }
+
+    #[test]
+    fn proto_parses() {
+        assert_eq!("TCP".parse::<Proto>().unwrap(), Proto::Tcp);
+        assert_eq!("udp".parse::<Proto>().unwrap(), Proto::Udp);
+        assert!("sctp".parse::<Proto>().is_err());
+    }
+
+    #[test]
+    fn ruleset_document() {
+        let doc = ruleset(&config()).unwrap();
+        let cmds = doc["nftables"].as_array().unwrap();
+        assert_eq!(
+            cmds[1],
+            json!({"add": {"table": {"family": "ip", "name": "ivnet_ivtbr0"}}})
+        );
+        assert_eq!(
+            cmds[2],
+            json!({"delete": {"table": {"family": "ip", "name": "ivnet_ivtbr0"}}})
+        );
+        let text = doc.to_string();
+        // The subnet is written as its network address.
+        assert!(text.contains(r#"{"addr":"10.99.0.0","len":24}"#), "{text}");
+        assert!(!text.contains("10.99.0.1"), "{text}");
+        let no_uplink = NatConfig {
+            uplink: None,
+            forwards: vec![],
+            ..config()
+        };
+        let text = ruleset(&no_uplink).unwrap().to_string();
+        assert!(
+            !text.contains("masquerade") && !text.contains("ivtup0"),
+            "{text}"
+        );
+        let bad = NatConfig {
+            subnet: (Ipv4Addr::UNSPECIFIED, 33),
+            ..config()
+        };
+        assert!(ruleset(&bad).is_err());
+    }
+
+    #[test]
+    fn apply_list_delete_in_netns() {
+        if skip_unless_root("apply_list_delete_in_netns") {
+            return;
+        }
+        let cfg = config();
+        let host_had_it = exists(&cfg.table).unwrap();
+        let c = cfg.clone();
+        in_netns(move || {
+            assert!(!exists(&c.table).unwrap());
+            apply(&c).unwrap();
+            assert!(exists(&c.table).unwrap());
+            assert_eq!(list_tables().unwrap(), vec![c.table.clone()]);
+            let (chains, rules) = listing(&c.table);
+            let mut hooks: Vec<_> = chains.iter().map(|(n, h)| format!("{n}:{h}")).collect();
+            hooks.sort();
+            assert_eq!(
+                hooks,
+                [
+                    "forward:forward",
+                    "output:output",
+                    "postrouting:postrouting",
+                    "prerouting:prerouting"
+                ]
+            );
+            let in_chain = |ch: &str| -> Vec<Vec<Value>> {
+                rules
+                    .iter()
+                    .filter(|(c, _)| c == ch)
+                    .map(|(_, e)| e.as_array().unwrap().clone())
+                    .collect()
+            };
+            let pre = in_chain("prerouting");
+            assert_eq!(pre.len(), 2, "{pre:?}");
+            assert!(
+                pre[0].contains(&json!({"dnat": {"addr": "10.99.0.2", "port": 80}})),
+                "{pre:?}"
+            );
+            assert!(pre[0].contains(&dport(Proto::Tcp, 18080)), "{pre:?}");
+            assert!(pre[0].contains(&fib_local("daddr")), "{pre:?}");
+            assert!(
+                pre[1].contains(&json!({"dnat": {"addr": "10.99.0.3", "port": 53}})),
+                "{pre:?}"
+            );
+            assert!(pre[1].contains(&dport(Proto::Udp, 15353)), "{pre:?}");
+            let out = in_chain("output");
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert!(
+                out[0].contains(&json!({"dnat": {"addr": "10.99.0.2", "port": 80}})),
+                "{out:?}"
+            );
+            let masq = json!({"masquerade": null});
+            let post = in_chain("postrouting");
+            assert_eq!(post.len(), 3, "{post:?}");
+            assert!(
+                post[0].contains(&meta("oifname", "ivtup0")) && post[0].contains(&masq),
+                "{post:?}"
+            );
+            let subnet = ip_in("saddr", "==", (Ipv4Addr::new(10, 99, 0, 0), 24));
+            assert!(post[0].contains(&subnet), "{post:?}");
+            assert!(
+                post[1].contains(&ct_dnat()) && post[1].contains(&subnet),
+                "{post:?}"
+            );
+            assert!(
+                post[2].contains(&ct_dnat()) && post[2].contains(&fib_local("saddr")),
+                "{post:?}"
+            );
+            let fwd = in_chain("forward");
+            assert_eq!(fwd.len(), 3, "{fwd:?}");
+            assert!(
+                fwd[0].contains(&meta("iifname", "ivtbr0"))
+                    && fwd[0].contains(&meta("oifname", "ivtup0")),
+                "{fwd:?}"
+            );
+
+            // Applying again replaces the table: same content, not twice the rules.
+            apply(&c).unwrap();
+            let (chains2, rules2) = listing(&c.table);
+            assert_eq!(chains2.len(), 4);
+            assert_eq!(rules2.len(), rules.len());
+
+            // A failing apply leaves the previous table as it was (one transaction), and the
+            // error names the table and carries nft's message.
+            let bad = NatConfig {
+                bridge: "a-name-far-too-long-for-an-interface".into(),
+                ..c.clone()
+            };
+            let e = apply(&bad).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("nft table ivnet_ivtbr0: apply: nft exit status: 1: "),
+                "{msg}"
+            );
+            assert_eq!(listing(&c.table).1.len(), rules.len());
+
+            delete(&c.table).unwrap();
+            assert!(!exists(&c.table).unwrap());
+            delete(&c.table).unwrap(); // absent: Ok
+            assert!(list_tables().unwrap().is_empty());
+        });
+        // Everything happened in the test's namespace: the host's tables are as they were.
+        assert_eq!(exists(&cfg.table).unwrap(), host_had_it);
+    }
+
+    /// Connects over TCP to `to` and reads what the server says (the address it saw us from).
+    fn tcp_ask(to: &str) -> io::Result<String> {
+        use std::io::Read;
+        let to: std::net::SocketAddr = to.parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    }
+
+    /// Sends a UDP datagram to `to` and returns the answer (the address the server saw).
+    fn udp_ask(to: &str) -> io::Result<String> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.send_to(b"who am I?", to)?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// End to end, in three namespaces of the test's own: `outside` (10.78.0.2) is linked to
+    /// the host's uplink `ivu0` (10.78.0.1) by a veth pair; the host's bridge `ivbr0`
+    /// (10.77.0.1/24) has a veth port whose other end is the cell's `ivc0` (10.77.0.2, default
+    /// route via the bridge). A TCP and a UDP server in the cell answer with the peer address
+    /// they see. The forwards 18080/tcp -> 8080 and 15353/udp -> 5353 must work from outside
+    /// (source kept), from the host itself through its uplink address (masqueraded) and from
+    /// the cell through the bridge's address (hairpin, masqueraded).
+    #[test]
+    fn forwards_work_end_to_end_in_netns() {
+        use crate::netcfg::{self, testutil::*};
+        use std::time::{Duration, Instant};
+        if skip_unless_root("forwards_work_end_to_end_in_netns") {
+            return;
+        }
+        let host = Netns::new();
+        let cell = Netns::new();
+        let outside = Netns::new();
+        let cell_ns = cell.run(this_netns);
+        let outside_ns = outside.run(this_netns);
+        let cfg = NatConfig {
+            table: table_name("ivbr0"),
+            bridge: "ivbr0".into(),
+            subnet: (Ipv4Addr::new(10, 77, 0, 0), 24),
+            uplink: Some("ivu0".into()),
+            forwards: vec![
+                Forward {
+                    port: 18080,
+                    proto: Proto::Tcp,
+                    to_addr: Ipv4Addr::new(10, 77, 0, 2),
+                    to_port: 8080,
+                },
+                Forward {
+                    port: 15353,
+                    proto: Proto::Udp,
+                    to_addr: Ipv4Addr::new(10, 77, 0, 2),
+                    to_port: 5353,
+                },
+            ],
+        };
+        host.run(move || {
+            netcfg::create_bridge("ivbr0").unwrap();
+            create_veth("ivh0", "ivc0").unwrap();
+            create_veth("ivu0", "ivo0").unwrap();
+            move_to_netns("ivc0", &cell_ns).unwrap();
+            move_to_netns("ivo0", &outside_ns).unwrap();
+            netcfg::set_master("ivh0", "ivbr0").unwrap();
+            for l in ["ivbr0", "ivh0", "ivu0"] {
+                netcfg::set_up(l).unwrap();
+            }
+            netcfg::add_ipv4("ivbr0", Ipv4Addr::new(10, 77, 0, 1), 24).unwrap();
+            netcfg::add_ipv4("ivu0", Ipv4Addr::new(10, 78, 0, 1), 24).unwrap();
+            netcfg::set_ip_forward(true).unwrap();
+            // br_netfilter is on (the default): a cell reaches a forward through the bridge's
+            // address only if its port may send frames back where they came from.
+            netcfg::set_hairpin("ivh0", true).unwrap();
+            apply(&cfg).unwrap();
+        });
+        cell.run(|| {
+            netcfg::set_up("ivc0").unwrap();
+            netcfg::add_ipv4("ivc0", Ipv4Addr::new(10, 77, 0, 2), 24).unwrap();
+            add_default_route(Ipv4Addr::new(10, 77, 0, 1)).unwrap();
+        });
+        outside.run(|| {
+            netcfg::set_up("ivo0").unwrap();
+            netcfg::add_ipv4("ivo0", Ipv4Addr::new(10, 78, 0, 2), 24).unwrap();
+        });
+
+        // The cell's servers: their sockets live in the cell's namespace whichever thread
+        // serves them. Each stops by itself after a few answers or 20 s.
+        let (listener, udp) = cell.run(|| {
+            let l = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+            let u = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+            (l, u)
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let tcp_server = std::thread::spawn(move || {
+            use std::io::Write;
+            listener.set_nonblocking(true).unwrap();
+            let mut served = 0;
+            while served < 3 && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.write_all(peer.ip().to_string().as_bytes());
+                        served += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        });
+        let udp_server = std::thread::spawn(move || {
+            udp.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let mut served = 0;
+            while served < 3 && Instant::now() < deadline {
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    udp.send_to(peer.ip().to_string().as_bytes(), peer).unwrap();
+                    served += 1;
+                }
+            }
+        });
+
+        // From outside, through the uplink's address: the cell sees the real client.
+        assert_eq!(
+            outside.run(|| tcp_ask("10.78.0.1:18080")).unwrap(),
+            "10.78.0.2"
+        );
+        assert_eq!(
+            outside.run(|| udp_ask("10.78.0.1:15353")).unwrap(),
+            "10.78.0.2"
+        );
+        // From the host itself, through its own (uplink) address: masqueraded to the bridge's.
+        assert_eq!(
+            host.run(|| tcp_ask("10.78.0.1:18080")).unwrap(),
+            "10.77.0.1"
+        );
+        assert_eq!(
+            host.run(|| udp_ask("10.78.0.1:15353")).unwrap(),
+            "10.77.0.1"
+        );
+        // From the cell, through the bridge's address (hairpin): masqueraded too.
+        assert_eq!(
+            cell.run(|| tcp_ask("10.77.0.1:18080")).unwrap(),
+            "10.77.0.1"
+        );
+        assert_eq!(
+            cell.run(|| udp_ask("10.77.0.1:15353")).unwrap(),
+            "10.77.0.1"
+        );
+        // A port that is not forwarded is not: nothing listens on the host's 18081.
+        let e = outside.run(|| tcp_ask("10.78.0.1:18081")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+
+        tcp_server.join().unwrap();
+        udp_server.join().unwrap();
+        host.run(|| {
+            delete(&table_name("ivbr0")).unwrap();
+            netcfg::delete_link("ivbr0").unwrap();
+            netcfg::delete_link("ivu0").unwrap();
+            netcfg::delete_link("ivh0").unwrap();
+            assert_eq!(netcfg::links().unwrap(), ["lo"]);
+            assert!(list_tables().unwrap().is_empty());
+        });
+    }
+}
