@@ -143,54 +143,29 @@ class HostPeer:
         stop(self.proc)
 
 
-class Vm:
-    """A Zephyr image in QEMU (qemu_cortex_a53) on one or more ivnet links, with its shell
-    console on a UNIX socket read by a background thread."""
+class Console:
+    """A Zephyr shell on a serial console that QEMU serves on a UNIX socket, read by a
+    background thread into a buffer (and a log file)."""
 
     PROMPT = "uart:~$"
 
-    def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
-                 virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False,
-                 extra_args: list[str] | None = None):
-        """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
-        (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
-        runs inside that namespace. `monitor`: a QEMU monitor socket (see `monitor()`).
-        `extra_args`: more QEMU options (traces, logs)."""
-        self.name = name
-        self.con_path = workdir / f"{name}-console.sock"
-        self.log_path = workdir / f"{name}-console.log"
-        self.mon_path = workdir / f"{name}-monitor.sock" if monitor else None
-        self.mon = None
-        mon = f"unix:{self.mon_path},server=on,wait=off" if monitor else "none"
-        qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
-                "-global", "virtio-mmio.force-legacy=false",
-                "-machine", "virt,gic-version=3", "-net", "none", "-monitor", mon,
-                "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
-                "-serial", "chardev:con"]
-        for i, link in enumerate(links):
-            qemu += ["-device", f"ivshmem-doorbell,vectors=2,chardev=ivs{i}",
-                     "-chardev", f"socket,path={link},id=ivs{i}"]
-        if virtio_tap:
-            qemu += ["-netdev", f"tap,id=n0,ifname={virtio_tap[1]},script=no,downscript=no",
-                     "-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
-            qemu = virtio_tap[0].cmd(*qemu)
-        qemu += ["-kernel", str(elf)]
-        qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split() + (extra_args or [])
-        self.cmdline = qemu
-        self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def __init__(self, path: Path, log_path: Path, name: str,
+                 proc: subprocess.Popen | None = None, qemu_log: Path | None = None,
+                 timeout: float = 10):
+        """Connects to `path` (retrying until `timeout`, or until `proc` exits)."""
+        self.name, self.con_path, self.log_path, self.proc = name, path, log_path, proc
         self.buf = ""
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_UNIX)
-        end = time.time() + 10
+        end = time.time() + timeout
         while True:
             try:
-                self.sock.connect(str(self.con_path))
+                self.sock.connect(str(path))
                 break
             except OSError:
-                if time.time() > end or self.proc.poll() is not None:
-                    raise RuntimeError(f"QEMU for {name} did not start: "
-                                       f"{(workdir / f'{name}-qemu.log').read_text()[-800:]}")
+                if time.time() > end or (proc is not None and proc.poll() is not None):
+                    detail = qemu_log.read_text()[-800:] if qemu_log and qemu_log.exists() else ""
+                    raise RuntimeError(f"console of {name} at {path} did not open: {detail}")
                 time.sleep(0.05)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -226,7 +201,7 @@ class Vm:
                 with self.lock:
                     tail = self.buf[-1500:]
                 raise TimeoutError(f"{self.name}: no /{pattern}/ within {timeout} s; console tail:\n{tail}")
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name}: QEMU exited ({self.proc.returncode})")
             time.sleep(0.05)
 
@@ -238,6 +213,50 @@ class Vm:
         m = self.wait_for(expect or re.escape(self.PROMPT), timeout, since)
         with self.lock:
             return self.buf[since:m.end()]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Vm(Console):
+    """A Zephyr image in QEMU (qemu_cortex_a53) on one or more ivnet links, with its shell
+    console on a UNIX socket read by a background thread."""
+
+    def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
+                 virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False,
+                 extra_args: list[str] | None = None):
+        """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
+        (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
+        runs inside that namespace. `monitor`: a QEMU monitor socket (see `monitor()`).
+        `extra_args`: more QEMU options (traces, logs)."""
+        self.name = name
+        self.con_path = workdir / f"{name}-console.sock"
+        self.log_path = workdir / f"{name}-console.log"
+        self.mon_path = workdir / f"{name}-monitor.sock" if monitor else None
+        self.mon = None
+        mon = f"unix:{self.mon_path},server=on,wait=off" if monitor else "none"
+        qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
+                "-global", "virtio-mmio.force-legacy=false",
+                "-machine", "virt,gic-version=3", "-net", "none", "-monitor", mon,
+                "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
+                "-serial", "chardev:con"]
+        for i, link in enumerate(links):
+            qemu += ["-device", f"ivshmem-doorbell,vectors=2,chardev=ivs{i}",
+                     "-chardev", f"socket,path={link},id=ivs{i}"]
+        if virtio_tap:
+            qemu += ["-netdev", f"tap,id=n0,ifname={virtio_tap[1]},script=no,downscript=no",
+                     "-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
+            qemu = virtio_tap[0].cmd(*qemu)
+        qemu += ["-kernel", str(elf)]
+        qemu += os.environ.get("IVNET_QEMU_EXTRA", "").split() + (extra_args or [])
+        self.cmdline = qemu
+        self.proc = subprocess.Popen(qemu, stdout=open(workdir / f"{name}-qemu.log", "ab"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        Console.__init__(self, self.con_path, self.log_path, name, self.proc,
+                         workdir / f"{name}-qemu.log")
 
     def monitor(self, cmd: str) -> str:
         """One HMP command on the monitor socket; returns its output."""

@@ -262,8 +262,8 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// The MAC of a cell's `k`th interface: the cell's MAC, then the same with the second byte's
-/// low bit flipped.
+/// A cell's `k`th MAC: its own for `k` = 0 (the host link), then the same with the second
+/// byte xor `k` (its cell<->cell links).
 pub fn iface_mac(mac: [u8; 6], k: usize) -> [u8; 6] {
     let mut m = mac;
     if k > 0 {
@@ -278,6 +278,20 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+/// Whether `path` starts like a 64-bit little-endian AArch64 ELF executable (QEMU would run
+/// any file it is given as a raw image, so a wrong file is caught here).
+fn is_aarch64_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut h = [0u8; 20];
+    let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut h));
+    ok.is_ok()
+        && &h[..4] == b"\x7fELF"
+        && h[4] == 2 // 64-bit
+        && h[5] == 1 // little-endian
+        && u16::from_le_bytes([h[16], h[17]]) == 2 // ET_EXEC
+        && u16::from_le_bytes([h[18], h[19]]) == 183 // EM_AARCH64
 }
 
 fn valid_ifname(s: &str) -> bool {
@@ -481,6 +495,15 @@ impl Topology {
                     format!("image {} of cell {name:?} does not exist", image.display()),
                 );
             }
+            if !is_aarch64_elf(&image) {
+                return lines.err(
+                    c.image.span(),
+                    format!(
+                        "image {} of cell {name:?} is not an AArch64 ELF executable (a qemu_cortex_a53 build's zephyr/zephyr.elf)",
+                        image.display()
+                    ),
+                );
+            }
             names.insert(name.clone(), cells.len());
             cells.push(Cell {
                 name: name.clone(),
@@ -604,11 +627,11 @@ impl Topology {
         // second byte's low bit flipped).
         let mut all_macs: HashMap<[u8; 6], String> = HashMap::new();
         for (i, c) in cells.iter().enumerate() {
-            for k in 0..MAX_CELL_LINKS {
+            for k in 0..=MAX_CELL_LINKS {
                 let m = iface_mac(c.mac, k);
                 if let Some(other) = all_macs.insert(m, format!("{} interface {k}", c.name)) {
                     let line = raw.cell[i].mac.span();
-                    return lines.err(line, format!("MAC {} of cell {:?} interface {k} is already {other}'s (a second interface flips the second byte's low bit)", fmt_mac(m), c.name));
+                    return lines.err(line, format!("MAC {} of cell {:?} interface {k} is already {other}'s (a cell's cell<->cell interfaces use its MAC with the second byte xor 1, 2)", fmt_mac(m), c.name));
                 }
             }
         }
@@ -691,17 +714,30 @@ pub struct CellIface {
 }
 
 impl Topology {
-    /// The interfaces of cell `i`, in link order.
+    /// The interfaces of cell `i`: its cell<->cell links in file order, then its link to the
+    /// host bridge last.
+    ///
+    /// Zephyr 4.3 has no IPv4 routing table: traffic for another network leaves through the
+    /// interface whose subnet shares the longest prefix with the destination, and on a tie
+    /// through the last interface. With the host link last, a cell reaches the host's gateway
+    /// (NAT, other networks) unless the destination is closer to a cell<->cell subnet.
     pub fn cell_ifaces(&self, i: usize) -> Vec<CellIface> {
         let me = End::Cell(i);
         let cell = &self.cells[i];
-        self.links
+        let mut mine: Vec<(usize, &Link)> = self
+            .links
             .iter()
             .enumerate()
             .filter(|(_, l)| l.ends.contains(&me))
+            .collect();
+        mine.sort_by_key(|(_, l)| l.ends.contains(&End::Host));
+        mine.into_iter()
             .enumerate()
             .map(|(k, (li, l))| {
                 let to_host = l.ends.contains(&End::Host);
+                // The cell's own MAC is its host interface's (the DHCP server knows it by it);
+                // the cell<->cell interfaces take derived ones.
+                let mac_index = if to_host { 0 } else { k + 1 };
                 let address = match (l.subnet, cell.address) {
                     (Some(sn), _) => {
                         let n = if l.ends[0] == me { 1 } else { 2 };
@@ -712,7 +748,7 @@ impl Topology {
                 };
                 CellIface {
                     link: li,
-                    mac: iface_mac(cell.mac, k),
+                    mac: iface_mac(cell.mac, mac_index),
                     address,
                     to_host,
                 }
@@ -746,9 +782,23 @@ impl Topology {
 mod tests {
     use super::*;
 
+    /// A directory holding `cell.elf`, the start of an AArch64 ELF executable (all the
+    /// check reads), and `text.elf`, which is not one.
     fn base() -> PathBuf {
-        // Cargo.toml stands in for an image: any existing file.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("ivnet-topology-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+            h.resize(16, 0);
+            h.extend_from_slice(&2u16.to_le_bytes());
+            h.extend_from_slice(&183u16.to_le_bytes());
+            h.resize(64, 0);
+            std::fs::write(d.join("cell.elf"), h).unwrap();
+            std::fs::write(d.join("text.elf"), "not a kernel").unwrap();
+            d
+        })
+        .clone()
     }
 
     const GOOD: &str = r#"
@@ -765,14 +815,14 @@ to = 4242
 
 [[cell]]
 name = "c1"
-image = "Cargo.toml"
+image = "cell.elf"
 mac = "02:00:00:00:00:01"
 address = "dhcp"
 services = [4242]
 
 [[cell]]
 name = "c2"
-image = "Cargo.toml"
+image = "cell.elf"
 mac = "02:00:00:00:00:02"
 address = "10.20.0.12"
 
@@ -829,8 +879,11 @@ subnet = "10.30.0.0/30"
         let e = bad("address = \"10.20.0.12\"", "address = \"10.30.0.12\"");
         assert!(e.message.contains("10.20.0.0/24"), "{e}");
 
-        let e = bad("image = \"Cargo.toml\"", "image = \"no-such.elf\"");
-        assert_eq!(e.line, line_of("image = \"Cargo.toml\""));
+        let e = bad("image = \"cell.elf\"", "image = \"text.elf\"");
+        assert!(e.message.contains("not an AArch64 ELF"), "{e}");
+
+        let e = bad("image = \"cell.elf\"", "image = \"no-such.elf\"");
+        assert_eq!(e.line, line_of("image = \"cell.elf\""));
         assert!(e.message.contains("does not exist"), "{e}");
 
         let e = bad("name = \"c2\"", "name = \"c1\"");
@@ -875,30 +928,32 @@ subnet = "10.30.0.0/30"
         assert!(e.message.contains("drop this one"), "{e}");
         let e = bad(
             "subnet = \"10.30.0.0/30\"",
-            "subnet = \"10.30.0.0/30\"\n[[link]]\nends = [\"c1\", \"c3\"]\nsubnet = \"10.30.1.0/30\"\n[[cell]]\nname = \"c3\"\nimage = \"Cargo.toml\"\nmac = \"02:00:00:00:00:03\"\naddress = \"10.20.0.13\"",
+            "subnet = \"10.30.0.0/30\"\n[[link]]\nends = [\"c1\", \"c3\"]\nsubnet = \"10.30.1.0/30\"\n[[cell]]\nname = \"c3\"\nimage = \"cell.elf\"\nmac = \"02:00:00:00:00:03\"\naddress = \"10.20.0.13\"",
         );
         assert!(e.message.contains("more than 2 links"), "{e}");
         let e = bad("mac = \"02:00:00:00:00:02\"", "mac = \"02:01:00:00:00:01\"");
-        assert!(e.message.contains("interface 1"), "{e}");
+        assert!(e.message.contains("interface"), "{e}");
     }
 
     #[test]
     fn cells_get_their_interfaces_in_link_order() {
         use ivnet_core::cell::Ipv4;
         let t = Topology::parse(GOOD, &base()).unwrap();
+        // The host link goes last (see cell_ifaces).
         let c1 = t.cell_ifaces(0);
         assert_eq!(c1.len(), 2);
-        assert_eq!((c1[0].link, c1[0].address, c1[0].to_host), (0, None, true));
-        assert_eq!(c1[1].address, Some((Ipv4Addr::new(10, 30, 0, 1), 30)));
-        assert_eq!(c1[1].mac, [2, 1, 0, 0, 0, 1]);
+        assert_eq!((c1[1].link, c1[1].address, c1[1].to_host), (0, None, true));
+        assert_eq!(c1[0].address, Some((Ipv4Addr::new(10, 30, 0, 1), 30)));
+        assert_eq!(c1[0].mac, [2, 1, 0, 0, 0, 1]);
+        assert_eq!(c1[1].mac, [2, 0, 0, 0, 0, 1]);
         let c2 = t.cell_config(1);
-        assert_eq!(c2.ifaces[0].ipv4, Some(Ipv4::Static([10, 20, 0, 12], 24)));
-        assert_eq!(c2.ifaces[0].gw, Some([10, 20, 0, 1]));
-        assert_eq!(c2.ifaces[1].ipv4, Some(Ipv4::Static([10, 30, 0, 2], 30)));
-        assert_eq!(c2.ifaces[1].gw, None);
-        assert_eq!(c2.default, Some(0));
+        assert_eq!(c2.ifaces[1].ipv4, Some(Ipv4::Static([10, 20, 0, 12], 24)));
+        assert_eq!(c2.ifaces[1].gw, Some([10, 20, 0, 1]));
+        assert_eq!(c2.ifaces[0].ipv4, Some(Ipv4::Static([10, 30, 0, 2], 30)));
+        assert_eq!(c2.ifaces[0].gw, None);
+        assert_eq!(c2.default, Some(1));
         let c1 = t.cell_config(0);
-        assert_eq!(c1.ifaces[0].ipv4, Some(Ipv4::Dhcp));
+        assert_eq!(c1.ifaces[1].ipv4, Some(Ipv4::Dhcp));
     }
 
     #[test]

@@ -1,0 +1,313 @@
+"""A whole network from a topology file (`ivnet up` / `status` / `inventory` / `down`), inside
+network namespaces the test creates:
+
+    ivn-out (the "outside": 172.31.77.2)
+       | veth
+    ivn-host (plays the host: uplink ivup0 172.31.77.1, bridge ivtbr0 10.77.0.1/24, dnsmasq,
+       |      nftables, the supervisor; the cells' QEMUs run here)
+    cells c1..cN on the bridge (odd ones by DHCP, even ones static), c2 <-> c3 also on a
+    cell<->cell link (10.78.0.0/30)
+
+N is 3 by default (CI) and $IVNET_NET_CELLS otherwise (the acceptance run uses 8). Checked:
+every DHCP lease; the full ping matrix (every cell to every other cell and to the host); a
+host port forward from "outside" to c1's TCP echo; a cell reaching "outside" through NAT;
+the cell<->cell link; status JSON, Ansible inventory and Prometheus metrics with live
+counters; MCUmgr echo and stats on every cell; killing one cell's QEMU leaves the others
+working and `ivnet up` brings it back; `down` leaves both namespaces and the host's files and
+processes as they were. A second test checks that a failure half-way through `up` rolls back.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "pylib"))
+
+import ivnet_harness as h  # noqa: E402
+
+N = int(os.environ.get("IVNET_NET_CELLS", "3"))
+HOST_NS, OUT_NS = "ivn-host", "ivn-out"
+BRIDGE = "ivtbr0"
+HOST_ADDR, UPLINK_ADDR, OUTSIDE_ADDR = "10.77.0.1", "172.31.77.1", "172.31.77.2"
+FORWARD_PORT = 8080
+METRICS = "127.0.0.1:9478"
+PYTHON = Path(os.environ.get("ZEPHYR_WORKSPACE", Path.home() / "zephyrproject")) / ".venv/bin/python"
+
+
+def topology(image: Path, n: int, bad_image: Path | None = None) -> str:
+    t = [f'''[host]
+bridge = "{BRIDGE}"
+subnet = "10.77.0.0/24"
+dhcp = ["10.77.0.100", "10.77.0.199"]
+uplink = "ivup0"
+
+[[host.forward]]
+port = {FORWARD_PORT}
+cell = "c1"
+to = 4242
+''']
+    for i in range(1, n + 1):
+        addr = "dhcp" if i % 2 else f"10.77.0.{10 + i}"
+        img = bad_image if (bad_image and i == n) else image
+        t.append(f'''[[cell]]
+name = "c{i}"
+image = "{img}"
+mac = "02:00:00:00:77:{i:02x}"
+address = "{addr}"
+services = [4242]
+''')
+    for i in range(1, n + 1):
+        t.append(f'[[link]]\nends = ["c{i}", "host"]\n')
+    if n >= 3:
+        t.append('[[link]]\nends = ["c2", "c3"]\nsubnet = "10.78.0.0/30"\n')
+    return "\n".join(t)
+
+
+@pytest.fixture(scope="module")
+def cell_elf() -> Path:
+    elf = Path(os.environ.get("IVNET_CELL_ELF", ROOT / "build" / "cell" / "zephyr" / "zephyr.elf"))
+    if not elf.exists():
+        subprocess.run(["bash", "-c", f". {ROOT}/scripts/zephyr-env.sh && west build -b qemu_cortex_a53 "
+                        f"{ROOT}/samples/echo -d {ROOT}/build/cell -S ivnet -S ivnet-cell"], check=True)
+    return elf
+
+
+class Net:
+    """The two namespaces, and `ivnet` run inside the host one."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.state = work / "state"
+        self.host = h.Netns(HOST_NS)
+        self.out = h.Netns(OUT_NS)
+        subprocess.run(["ip", "link", "add", "ivup0", "netns", HOST_NS, "type", "veth",
+                        "peer", "name", "eth0", "netns", OUT_NS], check=True)
+        self.host.ip("addr", "add", f"{UPLINK_ADDR}/24", "dev", "ivup0")
+        self.host.ip("link", "set", "ivup0", "up")
+        self.out.ip("addr", "add", f"{OUTSIDE_ADDR}/24", "dev", "eth0")
+        self.out.ip("link", "set", "eth0", "up")
+
+    def ivnet(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        return self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=check)
+
+    def up(self, topo: Path, check: bool = True) -> subprocess.CompletedProcess:
+        return self.ivnet("up", str(topo), "--state-root", str(self.state), "--metrics", METRICS,
+                          check=check)
+
+    def status(self) -> dict:
+        out = self.ivnet("status", BRIDGE, "--state-root", str(self.state), "--json").stdout
+        return json.loads(out)
+
+    def snapshot(self) -> dict:
+        """What `down` must leave as it found: links, addresses, routes, nftables and
+        ip_forward of the host namespace; links and nftables of the machine; ivnet processes
+        and state files."""
+        def run(cmd):
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+        def strip(links):
+            return sorted((l["ifname"], l.get("master"), l.get("operstate")) for l in json.loads(links))
+        procs = run(["ps", "-eo", "args"]).splitlines()
+        return {
+            "ns links": strip(run(["ip", "-n", HOST_NS, "-j", "link"])),
+            "ns addrs": run(["ip", "-n", HOST_NS, "-4", "addr"]),
+            "ns routes": run(["ip", "-n", HOST_NS, "route"]),
+            "ns nft": run(self.host.cmd("nft", "list", "ruleset")),
+            "ns ip_forward": run(self.host.cmd("cat", "/proc/sys/net/ipv4/ip_forward")),
+            "links": strip(run(["ip", "-j", "link"])),
+            "nft": run(["nft", "list", "ruleset"]),
+            "processes": sorted(p for p in procs if str(self.state) in p or f"ivt-" in p),
+            "state files": sorted(str(p) for p in self.state.rglob("*")) if self.state.exists() else [],
+        }
+
+    def mcumgr(self, addr: str, *args: str, timeout: float = 30) -> str:
+        r = self.host.run(str(PYTHON), str(ROOT / "scripts/pylib/mcumgr.py"), "--timeout", "5",
+                          addr, *args, timeout=timeout, check=False)
+        assert r.returncode == 0, f"mcumgr {addr} {args}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def close(self) -> None:
+        subprocess.run(self.host.cmd(str(h.ivnet_bin()), "down", BRIDGE, "--state-root", str(self.state)),
+                       capture_output=True, timeout=120)
+        self.out.close()
+        self.host.close()
+
+
+def wait_until(what: str, fn, timeout: float):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as e:  # the condition's own failure: retry until the deadline
+            last = e
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} within {timeout} s (last error: {last})")
+
+
+def cell_ping(con: h.Console, addr: str, tries: int = 3) -> None:
+    """`net ping` from a cell's shell; the reply line names the address."""
+    for _ in range(tries):
+        since = con.mark()
+        con.sock.sendall(f"net ping -c 1 {addr}\r\n".encode())
+        try:
+            con.wait_for(rf"bytes from {re.escape(addr)} ", timeout=4, since=since)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"{con.name} cannot ping {addr}")
+
+
+def tcp_echo(ns: h.Netns, addr: str, port: int, payload: str) -> str:
+    code = (f"import socket; s = socket.create_connection(('{addr}', {port}), timeout=5); "
+            f"s.sendall(b'{payload}'); d = b''\n"
+            f"while len(d) < {len(payload)}: d += s.recv(100)\nprint(d.decode())")
+    return ns.run("python3", "-c", code, timeout=20).stdout.strip()
+
+
+def test_network_of_cells(cell_elf, work):
+    net = Net(work)
+    try:
+        before = net.snapshot()
+        topo = work / "net.toml"
+        topo.write_text(topology(cell_elf, N))
+        t0 = time.time()
+        r = net.up(topo)
+        print(r.stdout)
+        # Every cell up and addressed (DHCP leases included).
+        def addressed():
+            s = net.status()
+            return s if all(c["address"] for c in s["cells"]) else None
+        st = wait_until("every cell has its address", addressed, 90)
+        print(f"{N} cells up and addressed in {time.time() - t0:.1f} s")
+        cells = {c["name"]: c for c in st["cells"]}
+        assert len(cells) == N and all(c["running"] for c in cells.values())
+        leases = (net.state / BRIDGE / "dnsmasq.leases").read_text()
+        for name, c in cells.items():
+            if int(name[1:]) % 2:
+                assert c["mac"] in leases and c["address"].startswith("10.77.0.1"), (name, c)
+        addrs = {n: c["address"] for n, c in cells.items()}
+
+        # Host -> every cell.
+        for n, a in addrs.items():
+            assert net.host.run("ping", "-c", "1", "-W", "3", a, check=False).returncode == 0, n
+
+        # The full ping matrix: every cell to every other cell and to the host.
+        cons = {n: h.Console(Path(c["console"]), work / f"{n}-console.log", n) for n, c in cells.items()}
+        t1 = time.time()
+        for n, con in cons.items():
+            con.shell("")
+            for m, a in addrs.items():
+                if m != n:
+                    cell_ping(con, a)
+            cell_ping(con, HOST_ADDR)
+        print(f"ping matrix {N} x {N} (incl. host) in {time.time() - t1:.1f} s")
+
+        # The cell<->cell link carries c2 <-> c3 traffic on its own subnet.
+        if N >= 3:
+            cell_ping(cons["c2"], "10.78.0.2")
+            cell_ping(cons["c3"], "10.78.0.1")
+
+        # A host port forward reaches c1's TCP echo from "outside"...
+        assert tcp_echo(net.out, UPLINK_ADDR, FORWARD_PORT, "through-the-forward") == "through-the-forward"
+        # ... and a cell reaches "outside" through NAT (the outside has no route to 10.77/24).
+        cell_ping(cons["c2"], OUTSIDE_ADDR)
+
+        # Control: status, inventory, metrics with live counters.
+        st1 = net.status()
+        host_links = [l for l in st1["links"] if "host" in l["ends"]]
+        assert len(host_links) == N
+        for l in host_links:
+            assert l["up"] and l["counters"]["rx_frames"] > 0 and l["counters"]["tx_frames"] > 0, l
+        inv = json.loads(net.ivnet("inventory", "--list", "--state-root", str(net.state)).stdout)
+        assert sorted(inv["ivnet_cells"]["hosts"]) == sorted(cells)
+        assert inv["_meta"]["hostvars"]["c1"]["ansible_host"] == addrs["c1"]
+        one = json.loads(net.ivnet("inventory", "--host", "c2", "--state-root", str(net.state)).stdout)
+        assert one["ansible_host"] == addrs["c2"]
+
+        def scrape() -> dict:
+            text = net.host.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                f"'http://{METRICS}/metrics', timeout=5).read().decode())").stdout
+            out = {}
+            for line in text.splitlines():
+                m = re.match(r'(ivnet_link_frames_total)\{.*link="([^"]+)",dir="rx"\} (\d+)', line)
+                if m:
+                    out[m.group(2)] = int(m.group(3))
+            assert f'ivnet_cell_up{{network="{BRIDGE}",cell="c1"}} 1' in text
+            return out
+        m1 = scrape()
+        assert sorted(m1) == sorted(l["name"] for l in host_links)
+        for n, a in addrs.items():
+            net.host.run("ping", "-c", "2", "-i", "0.2", "-W", "2", a, check=False)
+        time.sleep(0.5)
+        m2 = scrape()
+        assert all(m2[k] > m1[k] for k in m1), (m1, m2)
+
+        # MCUmgr on every cell: echo and its stats.
+        for n, a in addrs.items():
+            assert net.mcumgr(a, "echo", f"hello-{n}").strip() == f"hello-{n}"
+            assert "echo" in net.mcumgr(a, "stats")
+        c1_stats = net.mcumgr(addrs["c1"], "stat", "echo")
+        assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
+        rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")
+        assert addrs["c2"] in rc_out, rc_out
+
+        # Kill one cell's QEMU: the others keep working; `up` brings it back.
+        victim = "c2"
+        os.kill(cells[victim]["pid"], 9)
+        wait_until("the supervisor sees the cell die",
+                   lambda: not {c["name"]: c for c in net.status()["cells"]}[victim]["running"], 10)
+        others = [n for n in cells if n != victim]
+        for n in others:
+            assert net.host.run("ping", "-c", "1", "-W", "3", addrs[n], check=False).returncode == 0, n
+        cell_ping(cons[others[0]], addrs[others[-1]])
+        r = net.up(topo)
+        assert "restarted" in r.stdout and victim in r.stdout, r.stdout
+        wait_until(f"{victim} answers again",
+                   lambda: net.host.run("ping", "-c", "1", "-W", "2", addrs[victim], check=False).returncode == 0, 60)
+        assert net.mcumgr(addrs[victim], "echo", "back").strip() == "back"
+        # `up` again with nothing dead changes nothing.
+        r = net.up(topo)
+        assert "restarted: []" in r.stdout, r.stdout
+        for con in cons.values():
+            con.close()
+
+        # `down` leaves everything as it was.
+        net.ivnet("down", BRIDGE, "--state-root", str(net.state))
+        after = net.snapshot()
+        assert after == before
+    finally:
+        net.close()
+
+
+def test_failed_up_rolls_back(cell_elf, work):
+    """dnsmasq cannot start (another process holds the DHCP port in that namespace) after the
+    bridge, nftables table, TAPs, servers and host peers exist: `up` fails, names the cause,
+    and removes everything it created."""
+    net = Net(work)
+    blocker = None
+    try:
+        blocker = net.host.popen("python3", "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
+                                 "socket.SOCK_DGRAM); s.bind(('0.0.0.0', 67)); time.sleep(120)")
+        time.sleep(0.5)
+        before = net.snapshot()
+        topo = work / "net.toml"
+        topo.write_text(topology(cell_elf, 2))
+        r = net.up(topo, check=False)
+        print(r.stderr)
+        assert r.returncode != 0
+        assert "dnsmasq" in r.stderr and "removed" in r.stderr, r.stderr
+        assert net.snapshot() == before
+    finally:
+        h.stop(blocker)
+        net.close()
