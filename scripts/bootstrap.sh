@@ -20,7 +20,7 @@ log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 
 # ---- Debian packages ---------------------------------------------------------------------
 pkgs=(cmake ninja-build device-tree-compiler gperf gcc-aarch64-linux-gnu libclang-dev clang
-      iperf iperf3 iproute2 dnsmasq-base iptables python3-venv python3-dev git file xz-utils
+      iperf iperf3 iproute2 dnsmasq-base iptables nftables python3-venv python3-dev git file xz-utils
       socat stress-ng procps iputils-ping tcpdump ccache gdb-multiarch)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -92,9 +92,10 @@ if [ ! -x "$venv/bin/west" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q west
 fi
-# The benchmark's statistics and plots (scripts/bench.py).
-if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels" 2>/dev/null; then
-  log "installing the benchmark's analysis libraries into $venv"
+# The benchmark's statistics and plots (scripts/bench.py), and the MCUmgr client the network
+# test uses (scripts/pylib/mcumgr.py).
+if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient" 2>/dev/null; then
+  log "installing the benchmark's analysis libraries and the MCUmgr client into $venv"
   "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
 fi
 if [ -d "$ws/zephyr/scripts" ]; then
@@ -105,6 +106,10 @@ if [ -d "$ws/zephyr/scripts" ]; then
       "$venv/bin/pip" install -q -r "$ws/zephyr/scripts/$r"
     done
     touch "$stamp"
+  fi
+  if [ ! -f "$ws/modules/lib/zcbor/zephyr/module.yml" ]; then
+    log "WARNING: no zcbor module at $ws/modules/lib/zcbor: the cell image (MCUmgr) will not build;"
+    log "         docs/zephyr-workspace.md says how to add it"
   fi
 else
   log "NOTE: no Zephyr workspace at $ws/zephyr yet (see docs/zephyr-workspace.md); host-only set-up done"

@@ -4,7 +4,9 @@
 #           host-only link test across two network namespaces;
 #   Zephyr: (when the workspace ~/zephyrproject exists) builds the echo sample with the module
 #           added from outside the Zephyr tree, runs the twister suite in QEMU, and the
-#           end-to-end tests (VM <-> host through TAP, VM <-> VM, host peer restart, iperf).
+#           end-to-end tests (VM <-> host through TAP, VM <-> VM, host peer restart, iperf, and
+#           a 3-cell network from a topology file: `ivnet up`/`status`/`down`, DHCP, NAT,
+#           forwards, MCUmgr; IVNET_NET_CELLS=8 for the 8-cell acceptance run).
 # Needs root for namespaces/TAP. Set IVNET_SKIP_BOOTSTRAP=1 to skip the install step.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +41,8 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   build=$here/build
   step "west build samples/echo (qemu_cortex_a53, module from outside the tree)" \
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo"
+  step "west build samples/echo as a network cell (-S ivnet -S ivnet-cell: two links, fw_cfg config, MCUmgr)" \
+    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell" -S ivnet -S ivnet-cell
   step "drop-in: Zephyr's own samples/net/zperf with -S ivnet and EXTRA_ZEPHYR_MODULES" \
     west build -p auto -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/net/zperf" -d "$build/zperf-dropin" -S ivnet -- \
       -DEXTRA_ZEPHYR_MODULES="$here" -DEXTRA_CONF_FILE="$here/prj.conf" \
@@ -49,6 +53,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
     env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$build/zperf-dropin/zephyr/zephyr.elf" \
+      IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" \
       "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"

@@ -12,7 +12,7 @@ N is 3 by default (CI) and $IVNET_NET_CELLS otherwise (the acceptance run uses 8
 every DHCP lease; the full ping matrix (every cell to every other cell and to the host); a
 host port forward from "outside" to c1's TCP echo; a cell reaching "outside" through NAT;
 the cell<->cell link; status JSON, Ansible inventory and Prometheus metrics with live
-counters; MCUmgr echo and stats on every cell; killing one cell's QEMU leaves the others
+counters; MCUmgr echo, stats, shell and reset on the cells; killing one cell's QEMU leaves the others
 working and `ivnet up` brings it back; `down` leaves both namespaces and the host's files and
 processes as they were. A second test checks that a failure half-way through `up` rolls back.
 """
@@ -96,7 +96,10 @@ class Net:
         self.out.ip("link", "set", "eth0", "up")
 
     def ivnet(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        return self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=check)
+        r = self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"ivnet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        return r
 
     def up(self, topo: Path, check: bool = True) -> subprocess.CompletedProcess:
         return self.ivnet("up", str(topo), "--state-root", str(self.state), "--metrics", METRICS,
@@ -261,6 +264,13 @@ def test_network_of_cells(cell_elf, work):
         assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
         rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")
         assert addrs["c2"] in rc_out, rc_out
+        # An MCUmgr reset reboots the cell in place (same QEMU); its links come back.
+        last = f"c{N}"
+        boots = cons[last].mark()
+        assert "reset" in net.mcumgr(addrs[last], "reset")
+        cons[last].wait_for(r"Booting Zephyr", timeout=20, since=boots)
+        wait_until(f"{last} answers after its reset",
+                   lambda: net.mcumgr(addrs[last], "echo", "rebooted").strip() == "rebooted", 30)
 
         # Kill one cell's QEMU: the others keep working; `up` brings it back.
         victim = "c2"

@@ -3,13 +3,13 @@
 //! per line:
 //!
 //! ```text
-//! name=c1
-//! if0.mac=02:00:00:00:00:01
-//! if0.ipv4=dhcp
-//! if1.mac=02:00:00:00:01:01
-//! if1.ipv4=10.30.0.1/30
-//! if1.gw=10.30.0.2
-//! default=0
+//! name=c2
+//! if0.mac=02:01:00:00:00:02
+//! if0.ipv4=10.30.0.1/30
+//! if1.mac=02:00:00:00:00:02
+//! if1.ipv4=10.20.0.12/24
+//! if1.gw=10.20.0.1
+//! default=1
 //! ```
 //!
 //! `ifN` is the cell's Nth ivnet interface (devicetree instance N); `default` names the

@@ -252,8 +252,10 @@ impl Supervisor {
     }
 
     fn save_record(&self) {
+        // Written aside and renamed: `down` may read it at any moment.
         let text = serde_json::to_string_pretty(&self.record).expect("serialisable");
-        if let Err(e) = fs::write(self.paths.record(), text) {
+        let tmp = self.paths.record().with_extension("json.new");
+        if let Err(e) = fs::write(&tmp, text).and_then(|_| fs::rename(&tmp, self.paths.record())) {
             warn!("cannot write {}: {e}", self.paths.record().display());
         }
     }
@@ -605,7 +607,7 @@ impl Supervisor {
             let _ = p.thread.join();
         }
         self.record.processes.clear();
-        undo(&self.record);
+        undo(&self.record, &self.paths.dir);
         self.record = Record::default();
     }
 
@@ -825,11 +827,21 @@ fn pid_alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
-/// Undoes what a record says was created: kills its processes, removes its links and its
-/// nftables table, restores `ip_forward`. Each step is tried even when another fails.
-pub fn undo(r: &Record) {
+/// Whether process `pid` is still the one we started: its command line names `needle` (the
+/// state directory), so a recycled pid is never signalled.
+fn pid_is_ours(pid: u32, needle: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .unwrap_or(false)
+}
+
+/// Undoes what a record says was created: kills its processes (those whose command line
+/// still names `dir`), removes its links and its nftables table, restores `ip_forward`. Each
+/// step is tried even when another fails.
+pub fn undo(r: &Record, dir: &Path) {
+    let needle = dir.display().to_string();
     for (what, pid) in &r.processes {
-        if pid_alive(*pid) {
+        if pid_is_ours(*pid, &needle) {
             info!("stopping {what} (pid {pid})");
             let p = nix::unistd::Pid::from_raw(*pid as i32);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
@@ -886,21 +898,22 @@ pub fn down(paths: &Paths) -> io::Result<()> {
     if let Ok(text) = fs::read_to_string(paths.record()) {
         let r: Record = serde_json::from_str(&text)
             .map_err(|e| err(format!("{}: {e}", paths.record().display())))?;
+        let needle = paths.dir.display().to_string();
         if let Some(pid) = r.supervisor {
             for _ in 0..250 {
-                if !pid_alive(pid) {
+                if !pid_is_ours(pid, &needle) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if pid_alive(pid) {
+            if pid_is_ours(pid, &needle) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
         }
-        undo(&r);
+        undo(&r, &paths.dir);
     }
     if paths.dir.exists() {
         fs::remove_dir_all(&paths.dir)?;
@@ -961,11 +974,14 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         if let Some(st) = child.try_wait()? {
             let log = fs::read_to_string(paths.log()).unwrap_or_default();
             let _ = fs::remove_dir_all(&paths.dir);
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            // The supervisor's last words name the cause.
+            let cause = log
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("ivnet: error: "))
+                .unwrap_or("(no error logged)");
             return Err(err(format!(
-                "the network did not come up ({st}); everything it created was removed. Its log:\n{}",
-                tail.join("\n")
+                "the network did not come up ({st}): {cause}; everything it created was removed"
             )));
         }
         if let Ok(v) = request(&paths, "status", Duration::from_secs(5)) {
@@ -997,8 +1013,8 @@ pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()>
         "network {} is up; metrics on http://{metrics}/metrics",
         sup.topo.host.bridge
     );
+    // Returns after teardown; what is left of the state directory is `down`'s to remove.
     sup.serve(control, metrics_listener, term);
-    sup.save_record();
     Ok(())
 }
 

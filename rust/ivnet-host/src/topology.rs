@@ -109,12 +109,12 @@ struct RawCell {
 struct RawLink {
     ends: Spanned<[String; 2]>,
     #[serde(default = "one_mib")]
-    size: String,
+    size: Spanned<String>,
     subnet: Option<Spanned<String>>,
 }
 
-fn one_mib() -> String {
-    "1M".to_string()
+fn one_mib() -> Spanned<String> {
+    Spanned::new(0..0, "1M".to_string())
 }
 
 /// An IPv4 subnet.
@@ -421,7 +421,12 @@ impl Topology {
         addrs.insert(address, "the host".to_string());
         for c in &raw.cell {
             let name = c.name.get_ref();
-            if name == "host" || !valid_ifname(name) || name.len() > 10 {
+            let name_ok = !name.is_empty()
+                && name.len() <= 10
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if name == "host" || !name_ok {
                 return lines.err(
                     c.name.span(),
                     format!("cell name {name:?}: use 1-10 letters, digits, '-' or '_' (and not \"host\")"),
@@ -546,10 +551,22 @@ impl Topology {
             if !seen.insert(key) {
                 return lines.err(l.ends.span(), format!("{a:?} and {b:?} are linked twice"));
             }
-            let size = crate::size::parse_size(&l.size).map_err(|e| TopologyError {
-                line: lines.at(l.ends.span()),
-                message: format!("link {a:?} - {b:?}: size: {e}"),
-            })?;
+            let size_span = if l.size.span() == (0..0) {
+                l.ends.span()
+            } else {
+                l.size.span()
+            };
+            let size = crate::size::parse_size(l.size.get_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|n| {
+                    ivnet_core::v1::check_size(n)
+                        .map(|_| n)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| TopologyError {
+                    line: lines.at(size_span),
+                    message: format!("link {a:?} - {b:?}: size {:?}: {e}", l.size.get_ref()),
+                })?;
             let cell_to_cell = !ends.contains(&End::Host);
             let link_subnet = match (&l.subnet, cell_to_cell) {
                 (None, true) => {
@@ -885,6 +902,13 @@ subnet = "10.30.0.0/30"
         let e = bad("image = \"cell.elf\"", "image = \"no-such.elf\"");
         assert_eq!(e.line, line_of("image = \"cell.elf\""));
         assert!(e.message.contains("does not exist"), "{e}");
+
+        let e = bad("size = \"2M\"", "size = \"100K\"");
+        assert_eq!(e.line, line_of("size = \"2M\""));
+        assert!(e.message.contains("100K"), "{e}");
+
+        let e = bad("name = \"c2\"", "name = \"c.2\"");
+        assert!(e.message.contains("letters"), "{e}");
 
         let e = bad("name = \"c2\"", "name = \"c1\"");
         assert!(e.message.contains("defined twice"), "{e}");

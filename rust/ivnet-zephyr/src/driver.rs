@@ -396,6 +396,15 @@ pub unsafe fn init(dev: *const device) -> c_int {
         }
     };
     let _ = t.set_state(LinkState::Reset);
+    // After a warm reset of this VM (MCUmgr reset, sys_reboot) the peer may still be in RUN
+    // with us: it must see us go to RESET, or both wait for each other forever. On a doorbell
+    // device nothing rings it for us.
+    if t.rings_on_state_change() {
+        if let Some(p) = t.peer_id() {
+            // SAFETY: ivshmem is ready; ringing a peer is a register write.
+            unsafe { sys::ivshmem_int_peer(ivshmem, p, VECTOR_STATE) };
+        }
+    }
     let qlen = queues.geometry().qlen;
     let size = own.len();
 
