@@ -35,6 +35,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ivshmem_v2)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_cell_config)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_dhcpv4)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_stats)");
     let autoconf = includes
         .split([';', ' '])
         .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
@@ -50,6 +51,7 @@ fn main() {
             ("IVSHMEM_V2", "ivshmem_v2"),
             ("IVNET_CELL_CONFIG", "ivnet_cell_config"),
             ("NET_DHCPV4", "ivnet_dhcpv4"),
+            ("ETH_IVNET_STATS", "ivnet_stats"),
         ] {
             if set(sym) {
                 println!("cargo:rustc-cfg={cfg}");
@@ -83,6 +85,8 @@ fn main() {
         .allowlist_function("net_if_ipv4_(addr_add|set_netmask_by_addr|set_gw)")
         .allowlist_function("net_dhcpv4_start")
         .allowlist_function("k_mem_map_phys_bare")
+        .allowlist_function("stats_init_and_reg")
+        .allowlist_type("stats_(hdr|name_map)")
         .allowlist_function("net_eth_carrier_(on|off)")
         .allowlist_function("ethernet_init")
         .allowlist_function("ivshmem_(get_mem|get_id|get_vectors|int_peer|register_handler)")

@@ -19,6 +19,7 @@
 #include <zephyr/net/ethernet.h>
 #include <zephyr/net/dhcpv4.h>
 #include <zephyr/kernel/internal/mm.h>
+#include <zephyr/stats/stats.h>
 
 #include "eth_ivnet.h"
 

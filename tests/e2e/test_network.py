@@ -260,6 +260,12 @@ def test_network_of_cells(cell_elf, work):
         for n, a in addrs.items():
             assert net.mcumgr(a, "echo", f"hello-{n}").strip() == f"hello-{n}"
             assert "echo" in net.mcumgr(a, "stats")
+        # Each cell's per-link counters (the driver's STATS groups): c2's cell<->cell link
+        # (ivnet0) carried the pings above, its host link (ivnet1) everything else.
+        if N >= 3:
+            link_stats = dict(l.split(": ") for l in net.mcumgr(addrs["c2"], "stat", "ivnet0").split("\n") if ": " in l)
+            assert int(link_stats["rx_frames"]) > 0 and int(link_stats["tx_frames"]) > 0, link_stats
+            assert int(link_stats["state_changes"]) >= 3, link_stats
         c1_stats = net.mcumgr(addrs["c1"], "stat", "echo")
         assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
         rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")

@@ -192,8 +192,8 @@ impl Link {
         if !effects.is_empty() {
             self.ring(VECTOR_STATE);
         }
+        self.stats.state_changes += effects.len() as u64;
         if before != self.state {
-            self.stats.state_changes += 1;
             info!("link: {:?} -> {:?}", before, self.state);
         }
         if self.running() {

@@ -26,15 +26,35 @@ fn max_frame() -> usize {
     sys::IVNET_MTU as usize + 18
 }
 
-/// Counters, readable from a debugger or the shell later.
+/// Counters of one link (published as a STATS group with CONFIG_ETH_IVNET_STATS).
+#[repr(C)]
 #[derive(Default, Clone, Copy)]
 pub struct Stats {
+    /// Frames handed to the stack.
     pub rx_frames: u32,
+    /// Frames sent to the peer.
     pub tx_frames: u32,
+    /// Bytes handed to the stack.
+    pub rx_bytes: u32,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u32,
+    /// Frames from the peer dropped (no packet, bad frame).
     pub rx_dropped: u32,
+    /// Frames the stack gave us that were dropped (the ring stayed full too long).
     pub tx_dropped: u32,
+    /// Times a sender waited for the peer to free ring space (ring full).
     pub tx_waits: u32,
+    /// Doorbells rung at the peer.
+    pub doorbells: u32,
+    /// Link state changes (RESET/INIT/READY/RUN).
+    pub state_changes: u32,
+    /// Link resets because the peer broke the protocol.
     pub protocol_resets: u32,
+}
+
+impl Stats {
+    /// Number of counters.
+    pub const COUNT: usize = core::mem::size_of::<Stats>() / 4;
 }
 
 /// Where the link's state words live and how the peer is reached.
@@ -121,6 +141,7 @@ impl Link {
         let tr = self.t;
         let queues = &mut self.queues;
         let generation = &mut self.generation;
+        let mut transitions = 0u32;
         let r = settle(
             self.state,
             self.up,
@@ -131,6 +152,7 @@ impl Link {
                     *generation = generation.wrapping_add(1);
                 }
                 tr.set_state(t.next)?;
+                transitions += 1;
                 fx.ring_state = tr.rings_on_state_change();
                 if t.carrier.is_some() {
                     fx.carrier = t.carrier;
@@ -146,6 +168,7 @@ impl Link {
             fx.entered_run = true;
             let _ = self.queues.rx.enable_notify();
         }
+        self.stats.state_changes = self.stats.state_changes.wrapping_add(transitions);
         if before != self.state {
             dbg!("link: {:?} -> {:?}", before, self.state);
         }
@@ -210,6 +233,9 @@ pub struct Driver {
     /// Doorbell vector for frames (1 with MSI-X; 0 when the device has a single vector).
     data_vector: u16,
     carrier: AtomicU32,
+    doorbells: AtomicU32,
+    #[cfg(ivnet_stats)]
+    stats: crate::stats::Published,
 }
 
 // SAFETY: the kernel objects are used only through kernel calls made for concurrent use; the
@@ -442,11 +468,18 @@ pub unsafe fn init(dev: *const device) -> c_int {
         mac: mac_for(cfg, id),
         data_vector,
         carrier: AtomicU32::new(0),
+        doorbells: AtomicU32::new(0),
+        #[cfg(ivnet_stats)]
+        stats: crate::stats::Published::new(),
     };
     // SAFETY: `mem` is a fresh, aligned allocation big enough for a Driver.
     unsafe { mem.write(drv) };
     // SAFETY: just initialised; it is never freed or moved.
     let d: &'static Driver = unsafe { &*mem };
+    #[cfg(ivnet_stats)]
+    if let Ok(n) = usize::try_from(cfg.instance) {
+        d.stats.register(n);
+    }
     // SAFETY: the signal and semaphore live inside the never-moving Driver; the ivshmem
     // device keeps the signal pointer for its ISR.
     unsafe {
@@ -501,6 +534,7 @@ impl Driver {
 
     fn ring(&self, peer: Option<u32>, vector: u16) {
         if let Some(p) = peer {
+            self.doorbells.fetch_add(1, Ordering::Relaxed);
             // SAFETY: ivshmem device pointer from the config.
             unsafe { sys::ivshmem_int_peer(self.cfg.ivshmem, p, vector) };
         }
@@ -535,9 +569,17 @@ impl Driver {
     }
 
     /// One round of the link thread: follow the state, receive, wake a waiting sender.
+    /// Publishes the counters (with CONFIG_ETH_IVNET_STATS); inside the critical section.
+    fn publish(&self, l: &mut Link) {
+        l.stats.doorbells = self.doorbells.load(Ordering::Relaxed);
+        #[cfg(ivnet_stats)]
+        self.stats.publish(&l.stats);
+    }
+
     fn round(&self, iface: *mut net_if) -> RoundResult {
         let (fx, peer, running) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
+            self.publish(&mut l);
             let fx = l.update();
             (fx, l.peer_id(), l.state == LinkState::Run)
         });
@@ -624,6 +666,7 @@ impl Driver {
                 }
                 if pkt.is_some() {
                     l.stats.rx_frames += 1;
+                    l.stats.rx_bytes = l.stats.rx_bytes.wrapping_add(frame.len as u32);
                 } else {
                     l.stats.rx_dropped += 1;
                 }
@@ -761,6 +804,8 @@ impl Driver {
                 }
                 l.tx_waiting = false;
                 l.stats.tx_frames += 1;
+                l.stats.tx_bytes = l.stats.tx_bytes.wrapping_add(len as u32);
+                self.publish(&mut l);
                 match l.queues.tx.publish() {
                     Ok(ring) => Ok(Some(if ring { peer } else { None })),
                     Err(e) => {

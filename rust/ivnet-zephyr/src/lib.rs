@@ -12,6 +12,8 @@ mod copy;
 mod cs;
 mod driver;
 mod log;
+#[cfg(ivnet_stats)]
+mod stats;
 mod sys;
 
 use core::ffi::c_int;
