@@ -48,6 +48,8 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       -DEXTRA_ZEPHYR_MODULES="$here" -DEXTRA_CONF_FILE="$here/prj.conf" \
       -DCONFIG_POSIX_API=n -DCONFIG_MINIMAL_LIBC=y -DCONFIG_PICOLIBC_USE_MODULE=n
   step "cargo clippy (Zephyr driver crate, target build)" bash scripts/clippy-zephyr.sh "$build/echo"
+  step "cargo clippy (Zephyr driver crate, cell build: fw_cfg config, STATS groups)" \
+    bash scripts/clippy-zephyr.sh "$build/cell"
   rm -rf "$build/twister"
   step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU)" \
     west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs

@@ -20,7 +20,6 @@ processes as they were. A second test checks that a failure half-way through `up
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,14 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "pylib"))
 
 import ivnet_harness as h  # noqa: E402
+import ivnet_network as ivn  # noqa: E402
+from ivnet_network import OUTSIDE_ADDR, UPLINK_ADDR, cell_ping, tcp_echo, wait_until  # noqa: E402
 
 N = int(os.environ.get("IVNET_NET_CELLS", "3"))
 HOST_NS, OUT_NS = "ivn-host", "ivn-out"
 BRIDGE = "ivtbr0"
-HOST_ADDR, UPLINK_ADDR, OUTSIDE_ADDR = "10.77.0.1", "172.31.77.1", "172.31.77.2"
+HOST_ADDR = "10.77.0.1"
 FORWARD_PORT = 8080
 METRICS = "127.0.0.1:9478"
-PYTHON = Path(os.environ.get("ZEPHYR_WORKSPACE", Path.home() / "zephyrproject")) / ".venv/bin/python"
 
 
 def topology(image: Path, n: int, bad_image: Path | None = None) -> str:
@@ -80,106 +80,12 @@ def cell_elf() -> Path:
     return elf
 
 
-class Net:
-    """The two namespaces, and `ivnet` run inside the host one."""
-
-    def __init__(self, work: Path):
-        self.work = work
-        self.state = work / "state"
-        self.host = h.Netns(HOST_NS)
-        self.out = h.Netns(OUT_NS)
-        subprocess.run(["ip", "link", "add", "ivup0", "netns", HOST_NS, "type", "veth",
-                        "peer", "name", "eth0", "netns", OUT_NS], check=True)
-        self.host.ip("addr", "add", f"{UPLINK_ADDR}/24", "dev", "ivup0")
-        self.host.ip("link", "set", "ivup0", "up")
-        self.out.ip("addr", "add", f"{OUTSIDE_ADDR}/24", "dev", "eth0")
-        self.out.ip("link", "set", "eth0", "up")
-
-    def ivnet(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        r = self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=False)
-        if check and r.returncode != 0:
-            raise AssertionError(f"ivnet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-        return r
-
-    def up(self, topo: Path, check: bool = True) -> subprocess.CompletedProcess:
-        return self.ivnet("up", str(topo), "--state-root", str(self.state), "--metrics", METRICS,
-                          check=check)
-
-    def status(self) -> dict:
-        out = self.ivnet("status", BRIDGE, "--state-root", str(self.state), "--json").stdout
-        return json.loads(out)
-
-    def snapshot(self) -> dict:
-        """What `down` must leave as it found: links, addresses, routes, nftables and
-        ip_forward of the host namespace; links and nftables of the machine; ivnet processes
-        and state files."""
-        def run(cmd):
-            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-        def strip(links):
-            return sorted((l["ifname"], l.get("master"), l.get("operstate")) for l in json.loads(links))
-        procs = run(["ps", "-eo", "args"]).splitlines()
-        return {
-            "ns links": strip(run(["ip", "-n", HOST_NS, "-j", "link"])),
-            "ns addrs": run(["ip", "-n", HOST_NS, "-4", "addr"]),
-            "ns routes": run(["ip", "-n", HOST_NS, "route"]),
-            "ns nft": run(self.host.cmd("nft", "list", "ruleset")),
-            "ns ip_forward": run(self.host.cmd("cat", "/proc/sys/net/ipv4/ip_forward")),
-            "links": strip(run(["ip", "-j", "link"])),
-            "nft": run(["nft", "list", "ruleset"]),
-            "processes": sorted(p for p in procs if str(self.state) in p or f"ivt-" in p),
-            "state files": sorted(str(p) for p in self.state.rglob("*")) if self.state.exists() else [],
-        }
-
-    def mcumgr(self, addr: str, *args: str, timeout: float = 30) -> str:
-        r = self.host.run(str(PYTHON), str(ROOT / "scripts/pylib/mcumgr.py"), "--timeout", "5",
-                          addr, *args, timeout=timeout, check=False)
-        assert r.returncode == 0, f"mcumgr {addr} {args}: {r.stdout}{r.stderr}"
-        return r.stdout
-
-    def close(self) -> None:
-        subprocess.run(self.host.cmd(str(h.ivnet_bin()), "down", BRIDGE, "--state-root", str(self.state)),
-                       capture_output=True, timeout=120)
-        self.out.close()
-        self.host.close()
-
-
-def wait_until(what: str, fn, timeout: float):
-    end = time.time() + timeout
-    last = None
-    while time.time() < end:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as e:  # the condition's own failure: retry until the deadline
-            last = e
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} within {timeout} s (last error: {last})")
-
-
-def cell_ping(con: h.Console, addr: str, tries: int = 3) -> None:
-    """`net ping` from a cell's shell; the reply line names the address."""
-    for _ in range(tries):
-        since = con.mark()
-        con.sock.sendall(f"net ping -c 1 {addr}\r\n".encode())
-        try:
-            con.wait_for(rf"bytes from {re.escape(addr)} ", timeout=4, since=since)
-            return
-        except TimeoutError:
-            continue
-    raise AssertionError(f"{con.name} cannot ping {addr}")
-
-
-def tcp_echo(ns: h.Netns, addr: str, port: int, payload: str) -> str:
-    code = (f"import socket; s = socket.create_connection(('{addr}', {port}), timeout=5); "
-            f"s.sendall(b'{payload}'); d = b''\n"
-            f"while len(d) < {len(payload)}: d += s.recv(100)\nprint(d.decode())")
-    return ns.run("python3", "-c", code, timeout=20).stdout.strip()
+def make_net(work: Path) -> ivn.Network:
+    return ivn.Network(work / "state", BRIDGE, METRICS, HOST_NS, OUT_NS)
 
 
 def test_network_of_cells(cell_elf, work):
-    net = Net(work)
+    net = make_net(work)
     try:
         before = net.snapshot()
         topo = work / "net.toml"
@@ -188,10 +94,7 @@ def test_network_of_cells(cell_elf, work):
         r = net.up(topo)
         print(r.stdout)
         # Every cell up and addressed (DHCP leases included).
-        def addressed():
-            s = net.status()
-            return s if all(c["address"] for c in s["cells"]) else None
-        st = wait_until("every cell has its address", addressed, 90)
+        st = net.wait_addressed(90)
         print(f"{N} cells up and addressed in {time.time() - t0:.1f} s")
         cells = {c["name"]: c for c in st["cells"]}
         assert len(cells) == N and all(c["running"] for c in cells.values())
@@ -239,8 +142,7 @@ def test_network_of_cells(cell_elf, work):
         assert one["ansible_host"] == addrs["c2"]
 
         def scrape() -> dict:
-            text = net.host.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
-                                f"'http://{METRICS}/metrics', timeout=5).read().decode())").stdout
+            text = net.metrics_text()
             out = {}
             for line in text.splitlines():
                 m = re.match(r'(ivnet_link_frames_total)\{.*link="([^"]+)",dir="rx"\} (\d+)', line)
@@ -263,9 +165,9 @@ def test_network_of_cells(cell_elf, work):
         # Each cell's per-link counters (the driver's STATS groups): c2's cell<->cell link
         # (ivnet0) carried the pings above, its host link (ivnet1) everything else.
         if N >= 3:
-            link_stats = dict(l.split(": ") for l in net.mcumgr(addrs["c2"], "stat", "ivnet0").split("\n") if ": " in l)
-            assert int(link_stats["rx_frames"]) > 0 and int(link_stats["tx_frames"]) > 0, link_stats
-            assert int(link_stats["state_changes"]) >= 3, link_stats
+            link_stats = ivn.stat_lines(net.mcumgr(addrs["c2"], "stat", "ivnet0"))
+            assert link_stats["rx_frames"] > 0 and link_stats["tx_frames"] > 0, link_stats
+            assert link_stats["state_changes"] >= 3, link_stats
         c1_stats = net.mcumgr(addrs["c1"], "stat", "echo")
         assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
         rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")
@@ -299,7 +201,7 @@ def test_network_of_cells(cell_elf, work):
             con.close()
 
         # `down` leaves everything as it was.
-        net.ivnet("down", BRIDGE, "--state-root", str(net.state))
+        net.down()
         after = net.snapshot()
         assert after == before
     finally:
@@ -310,7 +212,7 @@ def test_failed_up_rolls_back(cell_elf, work):
     """dnsmasq cannot start (another process holds the DHCP port in that namespace) after the
     bridge, nftables table, TAPs, servers and host peers exist: `up` fails, names the cause,
     and removes everything it created."""
-    net = Net(work)
+    net = make_net(work)
     blocker = None
     try:
         blocker = net.host.popen("python3", "-c", "import socket, time; s = socket.socket(socket.AF_INET, "

@@ -24,7 +24,7 @@ impl FwCfg {
     /// Maps the device named by the devicetree, if the image has one.
     fn open() -> Option<FwCfg> {
         // From the devicetree (0 when the image has no fw_cfg node).
-        let phys = sys::IVNET_FW_CFG_BASE as usize;
+        let phys: usize = sys::IVNET_FW_CFG_BASE;
         if phys == 0 {
             return None;
         }

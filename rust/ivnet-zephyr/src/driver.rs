@@ -52,6 +52,7 @@ pub struct Stats {
     pub protocol_resets: u32,
 }
 
+#[cfg(ivnet_stats)]
 impl Stats {
     /// Number of counters.
     pub const COUNT: usize = core::mem::size_of::<Stats>() / 4;
