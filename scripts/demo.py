@@ -1,123 +1,166 @@
-"""The ivnet demo network: three Zephyr VMs and the host on two ivshmem-net links.
+"""The ivnet demo network: `ivnet up topologies/demo.toml`, then a tour of what it built.
 
-  link "uplink":  cell1 (192.0.2.1)  <->  host peer + TAP ivtap0 (192.0.2.2) in netns ivnet-demo
-  link "lan":     cell2 (192.0.2.11) <->  cell3 (192.0.2.12)
+Four Zephyr cells (qemu_cortex_a53, the Rust ivnet driver) on a host bridge, c3 and c4 also on
+a cell<->cell link; DHCP from dnsmasq, NAT to the uplink and a port forward by nftables. It all
+runs inside the network namespace `ivnet-demo`, whose uplink is a veth to `ivnet-demo-out`
+("outside"); both are made here and removed at the end, with `ivnet down` (--keep leaves the
+network up until Ctrl-C).
 
-It pings across both links, checks the echo service of cell1 over UDP and TCP from the host,
-measures TCP host -> cell1 with iperf 2 against zperf, and prints what it saw. Everything runs in
-a namespace made here and is removed at the end (--keep leaves the network up until Ctrl-C).
+The demo pings host <-> cells and cell <-> cell, reaches c1's echo service from outside
+through the port forward, reaches outside from a cell through NAT, talks MCUmgr to every cell,
+reads the metrics and the Ansible inventory, measures TCP with iperf 2 against zperf, kills a
+cell and brings it back with `ivnet up`, and prints what it saw.
 """
 
 import argparse
-import re
-import socket
+import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pylib"))
 import ivnet_harness as h  # noqa: E402
+import ivnet_network as ivn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGY = ROOT / "topologies" / "demo.toml"
+BRIDGE = "ivdemo0"
+METRICS = "127.0.0.1:9477"
 
 
 def say(msg):
     print(f"\033[1m{msg}\033[0m", flush=True)
 
 
-def boot(vm, ip):
-    vm.wait_for("ivnet0: carrier on", 30)
-    vm.wait_for(re.escape(h.Vm.PROMPT), 10)
-    vm.shell(f"net ipv4 add 1 {ip} 255.255.255.0")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--elf", required=True, type=Path, help="the echo sample's zephyr.elf")
     ap.add_argument("--keep", action="store_true", help="leave the network up until Ctrl-C")
     ap.add_argument("--iperf-seconds", type=int, default=5)
     a = ap.parse_args()
 
-    wd = h.Workdir("ivnet-demo")
-    work = wd.path
+    state = Path("/tmp/ivnet-demo-state")
+    shutil.rmtree(state, ignore_errors=True)
     figures = []
-    with h.Stack() as st:
-        st.push(wd)
-        say("1. host side: namespace ivnet-demo with TAP ivtap0 = 192.0.2.2/24")
-        ns = st.push(h.Netns("ivnet-demo"))
-        ns.tap("ivtap0", "192.0.2.2/24")
-        say("2. two links: ivnet servers on unix sockets (1 MiB shared memory each)")
-        up, lan = work / "uplink.sock", work / "lan.sock"
-        st.push(h.Server(up, work / "server-uplink.log"))
-        st.push(h.Server(lan, work / "server-lan.log"))
-        st.push(h.HostPeer(ns, up, "ivtap0", work / "peer.log"))
-        say("3. three Zephyr VMs (qemu_cortex_a53, Rust ivnet driver)")
-        cell1 = st.push(h.Vm(a.elf, [up], work, "cell1"))
-        cell2 = st.push(h.Vm(a.elf, [lan], work, "cell2"))
-        cell3 = st.push(h.Vm(a.elf, [lan], work, "cell3"))
+
+    def fig(name, value):
+        figures.append((name, value))
+        print(f"   {name}: {value}")
+
+    net = ivn.Network(state, BRIDGE, METRICS, "ivnet-demo", "ivnet-demo-out")
+    cons = {}
+    try:
+        say(f"1. ivnet up {TOPOLOGY.relative_to(ROOT)} (inside namespace ivnet-demo)")
         t0 = time.time()
-        boot(cell1, "192.0.2.1")
-        boot(cell2, "192.0.2.11")
-        boot(cell3, "192.0.2.12")
-        figures.append(("links up, addresses set", f"{time.time() - t0:.1f} s"))
+        print(net.up(TOPOLOGY).stdout)
+        st = net.wait_addressed(90)
+        fig("4 cells up, DHCP leases taken", f"{time.time() - t0:.1f} s")
+        addrs = {c["name"]: c["address"] for c in st["cells"]}
+        for c, ad in addrs.items():
+            print(f"   {c}: {ad}")
 
-        say("4. host -> cell1: ping")
-        r = ns.run("ping", "-c", "20", "-i", "0.05", "-W", "2", "192.0.2.1", check=False)
-        tx, rx = h.ping_summary(r.stdout)
-        rtt = r.stdout.strip().splitlines()[-1]
-        figures.append(("ping host -> cell1", f"{rx}/{tx}  {rtt}"))
-        say("5. cell1 -> host: net ping from the Zephyr shell")
-        out = cell1.shell("net ping -c 20 -i 50 192.0.2.2", r"icmp_seq=20 |Ping timeout", 30)
-        figures.append(("ping cell1 -> host (Zephyr shell)", f"{h.zephyr_ping_count(out)}/20"))
+        say("2. host -> every cell: 20 pings each")
+        for c, ad in addrs.items():
+            r = net.host.run("ping", "-c", "20", "-i", "0.05", "-W", "2", ad, check=False)
+            tx, rx = h.ping_summary(r.stdout)
+            fig(f"ping host -> {c}", f"{rx}/{tx}  {r.stdout.strip().splitlines()[-1]}")
 
-        say("6. cell1's echo service (port 4242) from the host, UDP and TCP")
-        echo = ns.run(sys.executable, "-c", ECHO_CHECK, timeout=60, check=False)
-        figures.append(("echo UDP/TCP host <-> cell1", echo.stdout.strip() or echo.stderr.strip()[-200:]))
+        say("3. every cell -> every other cell and the host (Zephyr shell `net ping`)")
+        cons = {c["name"]: h.Console(Path(c["console"]), state / f"demo-{c['name']}.log", c["name"])
+                for c in st["cells"]}
+        ok = total = 0
+        for c, con in cons.items():
+            con.shell("")
+            for d in list(addrs.values()) + [st["host"]["address"]]:
+                if d == addrs[c]:
+                    continue
+                total += 1
+                try:
+                    ivn.cell_ping(con, d)
+                    ok += 1
+                except AssertionError as e:
+                    print(f"   {e}")
+        fig("ping matrix (cell -> cells + host)", f"{ok}/{total}")
 
-        say(f"7. TCP throughput host -> cell1: iperf 2 -> zperf, {a.iperf_seconds} s")
-        cell1.shell("zperf tcp download 5001", "Listening on port 5001")
-        r = ns.run("iperf", "-c", "192.0.2.1", "-p", "5001", "-t", str(a.iperf_seconds), "-f", "m",
-                   timeout=a.iperf_seconds + 30, check=False)
+        say("4. c3 <-> c4 on their own link (10.30.0.0/30)")
+        out = cons["c3"].shell("net ping -c 10 -i 50 10.30.0.2", r"icmp_seq=10 |Ping timeout", 30)
+        fig("ping c3 -> c4 over the cell<->cell link", f"{h.zephyr_ping_count(out)}/10")
+        link = ivn.stat_lines(net.mcumgr(addrs["c3"], "stat", "ivnet0"))
+        fig("c3's counters of that link (MCUmgr stat ivnet0)",
+            f"tx {link.get('tx_frames')} frames, rx {link.get('rx_frames')} frames")
+
+        say(f"5. outside -> host {ivn.UPLINK_ADDR}:8080 -> c1's TCP echo (nftables DNAT)")
+        got = ivn.tcp_echo(net.out, ivn.UPLINK_ADDR, 8080, "hello-from-outside")
+        fig("port forward from outside", "echoed" if got == "hello-from-outside" else f"FAILED ({got!r})")
+
+        say(f"6. c2 -> outside {ivn.OUTSIDE_ADDR} (masquerade out of the uplink)")
+        try:
+            ivn.cell_ping(cons["c2"], ivn.OUTSIDE_ADDR)
+            fig("NAT from a cell to outside", "ping answered")
+        except AssertionError:
+            fig("NAT from a cell to outside", "FAILED")
+
+        say("7. MCUmgr (SMP over UDP) to every cell: echo, and the echo service's stats")
+        for c, ad in addrs.items():
+            e = net.mcumgr(ad, "echo", f"hi {c}").strip()
+            s = ivn.stat_lines(net.mcumgr(ad, "stat", "echo"))
+            fig(f"MCUmgr {c}", f"echo {e!r}, tcp_conns {s.get('tcp_conns')}, udp_rx {s.get('udp_rx')}")
+
+        say(f"8. TCP throughput host -> c1: iperf 2 -> zperf, {a.iperf_seconds} s")
+        cons["c1"].shell("zperf tcp download 5001", "Listening on port 5001")
+        r = net.host.run("iperf", "-c", addrs["c1"], "-p", "5001", "-t", str(a.iperf_seconds), "-f", "m",
+                         timeout=a.iperf_seconds + 30, check=False)
         rate = h.iperf_rate(r.stdout)
-        figures.append(("iperf TCP host -> cell1", f"{rate:g} Mbit/s" if rate is not None else "failed"))
+        fig("iperf TCP host -> c1", f"{rate:g} Mbit/s" if rate is not None else "failed")
 
-        say("8. cell2 <-> cell3 on their own link")
-        out = cell2.shell("net ping -c 20 -i 50 192.0.2.12", r"icmp_seq=20 |Ping timeout", 30)
-        figures.append(("ping cell2 -> cell3", f"{h.zephyr_ping_count(out)}/20"))
-        out = cell3.shell("net ping -c 20 -i 50 192.0.2.11", r"icmp_seq=20 |Ping timeout", 30)
-        figures.append(("ping cell3 -> cell2", f"{h.zephyr_ping_count(out)}/20"))
+        say("9. what an orchestrator sees: status, inventory, metrics")
+        st = net.status()
+        for l in st["links"]:
+            c = l.get("counters")
+            print(f"   link {l['name']:9} {l['state']:14}"
+                  + (f" tx {c['tx_frames']} / rx {c['rx_frames']} frames, ring full {c['ring_full']}" if c else ""))
+        inv = json.loads(net.ivnet("inventory", "--list", "--state-root", str(state)).stdout)
+        fig("Ansible inventory (ivnet_cells)", " ".join(sorted(inv["ivnet_cells"]["hosts"])))
+        m = [x for x in net.metrics_text().splitlines() if x.startswith("ivnet_link_frames_total")]
+        fig("Prometheus series ivnet_link_frames_total", f"{len(m)} (e.g. {m[0] if m else '-'})")
+
+        say("10. kill c2's QEMU: the others carry on, `ivnet up` brings it back")
+        os.kill(next(c["pid"] for c in st["cells"] if c["name"] == "c2"), 9)
+        ivn.wait_until("c2 seen down", lambda: not next(c for c in net.status()["cells"] if c["name"] == "c2")["running"], 10)
+        others = sum(net.host.run("ping", "-c", "1", "-W", "2", addrs[c], check=False).returncode == 0
+                     for c in addrs if c != "c2")
+        fig("other cells answering while c2 is down", f"{others}/{len(addrs) - 1}")
+        t1 = time.time()
+        print("   " + net.up(TOPOLOGY).stdout.strip())
+        ivn.wait_until("c2 answers", lambda: net.host.run("ping", "-c", "1", "-W", "1", addrs["c2"],
+                                                           check=False).returncode == 0, 60)
+        fig("c2 back after `ivnet up`", f"{time.time() - t1:.1f} s")
 
         say("\nWhat the demo network did:")
         for k, v in figures:
-            print(f"  {k:38} {v}")
+            print(f"  {k:48} {v}")
         if a.keep:
-            print(f"\nThe network is up. Consoles: socat - UNIX-CONNECT:{work}/cellN-console.sock is taken by"
-                  f" the demo; logs in {work}. Host side: ip netns exec ivnet-demo bash. Ctrl-C ends it.")
+            print(f"\nThe network is up. Host side: ip netns exec ivnet-demo bash; then "
+                  f"`{h.ivnet_bin()} status --state-root {state}`. Consoles: "
+                  f"{state}/{BRIDGE}/<cell>.console.sock (socat). Ctrl-C ends it.")
+            for con in cons.values():
+                con.close()
+            cons = {}
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-    ok = all(not v.startswith(("0/", "failed")) for _, v in figures)
-    return 0 if ok else 1
+    finally:
+        for con in cons.values():
+            con.close()
+        say("ivnet down")
+        net.close()
+        shutil.rmtree(state, ignore_errors=True)
+    bad = ("0/", "failed", "FAILED")
+    return 0 if all(not str(v).startswith(bad) and "FAILED" not in str(v) for _, v in figures) else 1
 
-
-ECHO_CHECK = r"""
-import socket
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
-good = 0
-for i in range(50):
-    msg = bytes((i + k) % 256 for k in range(1 + i * 20))
-    u.sendto(msg, ("192.0.2.1", 4242))
-    try:
-        if u.recv(2048) == msg: good += 1
-    except socket.timeout: pass
-t = socket.create_connection(("192.0.2.1", 4242), timeout=5)
-data = bytes(k % 251 for k in range(100000)); t.sendall(data); got = b""
-while len(got) < len(data):
-    d = t.recv(65536)
-    if not d: break
-    got += d
-print(f"UDP {good}/50 datagrams, TCP {len(got)} of {len(data)} bytes, intact: {got == data}")
-"""
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets everything up (idempotent) and runs the ivnet demo network: three Zephyr VMs in QEMU and
-# the host on two ivshmem-net links (see scripts/demo.py). Needs root and the Zephyr workspace
-# (~/zephyrproject, see docs/zephyr-workspace.md). Extra arguments go to demo.py (--keep).
+# Sets everything up (idempotent) and runs the ivnet demo network: `ivnet up
+# topologies/demo.toml`, four Zephyr cells in QEMU on a host bridge with DHCP, NAT and a port
+# forward, inside network namespaces made for it (see scripts/demo.py). Needs root and the
+# Zephyr workspace (~/zephyrproject, see docs/zephyr-workspace.md). Extra arguments go to
+# demo.py (--keep).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -13,5 +15,5 @@ if [ ! -d "$ws/zephyr" ]; then
 fi
 cargo build --release --quiet -p ivnet-host
 . scripts/zephyr-env.sh
-west build -p auto -b qemu_cortex_a53 samples/echo -d build/echo >/dev/null
-exec "$ws/.venv/bin/python" scripts/demo.py --elf build/echo/zephyr/zephyr.elf "$@"
+west build -p auto -b qemu_cortex_a53 samples/echo -d build/cell -S ivnet -S ivnet-cell >/dev/null
+exec "$ws/.venv/bin/python" scripts/demo.py "$@"
