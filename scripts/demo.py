@@ -15,6 +15,7 @@ cell and brings it back with `ivnet up`, and prints what it saw.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -158,8 +159,16 @@ def main():
         say("ivnet down")
         net.close()
         shutil.rmtree(state, ignore_errors=True)
-    bad = ("0/", "failed", "FAILED")
-    return 0 if all(not str(v).startswith(bad) and "FAILED" not in str(v) for _, v in figures) else 1
+    return 0 if all(good(v) for _, v in figures) else 1
+
+
+def good(v) -> bool:
+    """A figure is good unless it says it failed or counts fewer successes than tries."""
+    v = str(v)
+    if "failed" in v.lower():
+        return False
+    m = re.match(r"(\d+)/(\d+)", v)
+    return not m or m.group(1) == m.group(2)
 
 
 if __name__ == "__main__":

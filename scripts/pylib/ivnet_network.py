@@ -77,7 +77,7 @@ class Network:
 
         def links(text):
             return sorted((l["ifname"], l.get("master"), l.get("operstate")) for l in json.loads(text))
-        procs = run(["ps", "-eo", "args"]).splitlines()
+        procs = run(["ps", "-ww", "-eo", "args"]).splitlines()
         return {
             "ns links": links(run(["ip", "-n", self.host.name, "-j", "link"])),
             "ns addrs": run(["ip", "-n", self.host.name, "-4", "addr"]),

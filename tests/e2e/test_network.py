@@ -172,13 +172,17 @@ def test_network_of_cells(cell_elf, work):
         assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
         rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")
         assert addrs["c2"] in rc_out, rc_out
-        # An MCUmgr reset reboots the cell in place (same QEMU); its links come back.
-        last = f"c{N}"
-        boots = cons[last].mark()
-        assert "reset" in net.mcumgr(addrs[last], "reset")
-        cons[last].wait_for(r"Booting Zephyr", timeout=20, since=boots)
-        wait_until(f"{last} answers after its reset",
-                   lambda: net.mcumgr(addrs[last], "echo", "rebooted").strip() == "rebooted", 30)
+        # An MCUmgr reset reboots the cell in place (same QEMU); both its links come back: the
+        # host link, and (c3) the cell<->cell link whose other end kept running.
+        rst = "c3" if N >= 3 else f"c{N}"
+        boots = cons[rst].mark()
+        assert "reset" in net.mcumgr(addrs[rst], "reset")
+        cons[rst].wait_for(r"Booting Zephyr", timeout=20, since=boots)
+        wait_until(f"{rst} answers after its reset",
+                   lambda: net.mcumgr(addrs[rst], "echo", "rebooted").strip() == "rebooted", 30)
+        if N >= 3:
+            cons["c2"].sock.sendall(b"\r\n")
+            cell_ping(cons["c2"], "10.78.0.2", tries=10)
 
         # Kill one cell's QEMU: the others keep working; `up` brings it back.
         victim = "c2"
@@ -194,6 +198,12 @@ def test_network_of_cells(cell_elf, work):
         wait_until(f"{victim} answers again",
                    lambda: net.host.run("ping", "-c", "1", "-W", "2", addrs[victim], check=False).returncode == 0, 60)
         assert net.mcumgr(addrs[victim], "echo", "back").strip() == "back"
+        if N >= 3:
+            # The restarted c2's cell<->cell link to c3 runs again.
+            cons[victim].close()
+            cons[victim] = h.Console(Path(cells[victim]["console"]), work / "c2-again.log", victim)
+            cons[victim].shell("")
+            cell_ping(cons[victim], "10.78.0.2", tries=10)
         # `up` again with nothing dead changes nothing.
         r = net.up(topo)
         assert "restarted: []" in r.stdout, r.stdout
@@ -228,4 +238,31 @@ def test_failed_up_rolls_back(cell_elf, work):
         assert net.snapshot() == before
     finally:
         h.stop(blocker)
+        net.close()
+
+
+def test_down_after_the_supervisor_was_killed(cell_elf, work):
+    """SIGKILL to the supervisor leaves its cells, dnsmasq, bridge and nftables table behind;
+    `down` removes all of them from the record, and `up` on such a leftover rebuilds."""
+    net = make_net(work)
+    try:
+        before = net.snapshot()
+        topo = work / "net.toml"
+        topo.write_text(topology(cell_elf, 2))
+        net.up(topo)
+        st = net.wait_addressed(60)
+        os.kill(st["supervisor_pid"], 9)
+        time.sleep(0.5)
+        left = net.snapshot()
+        assert left != before and any("qemu" in p for p in left["processes"]), left["processes"]
+        # `up` on the leftover: cleans it and builds the network again.
+        r = net.up(topo)
+        assert "c1" in r.stdout
+        st2 = net.wait_addressed(60)
+        assert st2["supervisor_pid"] != st["supervisor_pid"]
+        os.kill(st2["supervisor_pid"], 9)
+        time.sleep(0.5)
+        net.down()
+        assert net.snapshot() == before
+    finally:
         net.close()

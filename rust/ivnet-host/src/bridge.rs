@@ -92,7 +92,10 @@ pub fn run_with(
                             warn!("TAP {} write: {e}", tap.name());
                         }
                     }
-                    Err(e) => warn!("frame outside section: {e:?}"),
+                    Err(e) => {
+                        dropped += 1;
+                        warn!("frame outside section: {e:?}");
+                    }
                 }
             });
             if !more {

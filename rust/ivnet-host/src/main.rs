@@ -279,7 +279,17 @@ fn print_status(v: &serde_json::Value) {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let stop = stop_flag();
+    // Only the long-running commands stop on SIGINT/SIGTERM through the flag; the others keep
+    // the default (Ctrl-C ends them at once).
+    let long_running = matches!(
+        cli.cmd,
+        Cmd::Server { .. } | Cmd::Peer { .. } | Cmd::Supervise { .. } | Cmd::BenchCore { .. }
+    );
+    let stop = if long_running {
+        stop_flag()
+    } else {
+        Arc::new(AtomicBool::new(false))
+    };
     let r: Result<(), String> = match cli.cmd {
         Cmd::Server {
             socket,

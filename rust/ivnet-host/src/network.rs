@@ -473,9 +473,14 @@ impl Supervisor {
             self.paths.cell_config(&c.name).display()
         ));
         cmd.arg("-kernel").arg(&c.image);
+        // One file in append mode for both streams: a restart keeps why the cell died.
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.paths.qemu_log(&c.name))?;
         cmd.stdin(Stdio::null())
-            .stdout(fs::File::create(self.paths.qemu_log(&c.name))?)
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .process_group(0);
         Ok(cmd)
     }
@@ -483,26 +488,23 @@ impl Supervisor {
     fn start_cell(&mut self, i: usize) -> io::Result<()> {
         let name = self.topo.cells[i].name.clone();
         let mut cmd = self.qemu_command(i)?;
-        cmd.stderr(
-            fs::File::options()
-                .append(true)
-                .open(self.paths.qemu_log(&name))?,
-        );
         let mut child = cmd
             .spawn()
             .map_err(|e| err(format!("cell {name}: {}: {e}", self.qemu)))?;
+        let pid = child.id();
+        // Recorded at once, so that no path (a kill of the supervisor included) leaks it.
+        self.note_process(format!("cell {name}"), pid);
         std::thread::sleep(Duration::from_millis(300));
         if let Ok(Some(st)) = child.try_wait() {
             let log = fs::read_to_string(self.paths.qemu_log(&name)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             return Err(err(format!(
                 "cell {name}: QEMU exited at once ({st}): {}",
-                log.trim()
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             )));
         }
-        let pid = child.id();
         info!("cell {name}: QEMU pid {pid}");
         self.cells[i].child = Some(child);
-        self.note_process(format!("cell {name}"), pid);
         Ok(())
     }
 
@@ -608,7 +610,13 @@ impl Supervisor {
         }
         self.record.processes.clear();
         undo(&self.record, &self.paths.dir);
-        self.record = Record::default();
+        // Undone: the record on disk must say so, or a later `down`/`up` would undo it again
+        // (and could take a device of another network that reuses a name).
+        self.record = Record {
+            supervisor: Some(std::process::id()),
+            ..Record::default()
+        };
+        self.save_record();
     }
 
     fn poll(&mut self) {
@@ -632,9 +640,11 @@ impl Supervisor {
         }
         let leases = read_leases(&self.paths.leases());
         if leases != self.leases {
-            self.leases = leases;
+            let old = std::mem::replace(&mut self.leases, leases);
             if let Err(e) = self.apply_nat() {
+                // Keep the old view: the next round tries again.
                 error!("nftables: {e}");
+                self.leases = old;
             }
         }
     }
@@ -752,10 +762,17 @@ impl Supervisor {
         })
     }
 
-    /// Runs until `down` (or SIGTERM via `stop`): serves the control socket and metrics.
+    /// Runs until `down` (or SIGTERM via `term`): serves the control socket, and metrics from
+    /// a snapshot of the status on a thread of their own (a slow HTTP client cannot stall
+    /// the supervisor).
     pub fn serve(&mut self, control: UnixListener, metrics: TcpListener, term: &AtomicBool) {
         control.set_nonblocking(true).expect("nonblocking");
-        metrics.set_nonblocking(true).expect("nonblocking");
+        let snapshot = Arc::new(Mutex::new(self.status()));
+        let (snap, stop) = (snapshot.clone(), self.stop.clone());
+        let metrics_thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve_metrics(metrics, &snap, &stop));
+        let mut last_snapshot = Instant::now();
         loop {
             if term.load(Ordering::Relaxed) {
                 info!("terminated: tearing down");
@@ -767,22 +784,26 @@ impl Supervisor {
                     break;
                 }
             }
-            if let Ok((s, _)) = metrics.accept() {
-                let text = crate::metrics::render(&self.status());
-                let _ = crate::metrics::respond(s, &text);
+            if last_snapshot.elapsed() >= Duration::from_millis(200) {
+                *snapshot.lock().unwrap() = self.status();
+                last_snapshot = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.teardown();
         let _ = fs::remove_file(self.paths.control());
+        if let Ok(t) = metrics_thread {
+            let _ = t.join();
+        }
     }
 
-    /// One control request; true when it asked to go down.
+    /// One control request; true when it asked to go down. The socket is root's (the state
+    /// directory is 0700); a client that sends nothing is dropped after 500 ms.
     fn handle_control(&mut self, s: UnixStream) -> bool {
         let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut line = String::new();
-        let mut r = BufReader::new(&s);
+        let mut r = BufReader::new((&s).take(4096));
         if r.read_line(&mut line).is_err() {
             return false;
         }
@@ -816,6 +837,20 @@ impl Supervisor {
     }
 }
 
+/// Answers metrics requests from `snapshot` until `stop`.
+fn serve_metrics(listener: TcpListener, snapshot: &Mutex<Value>, stop: &AtomicBool) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let text = crate::metrics::render(&snapshot.lock().unwrap());
+                let _ = crate::metrics::respond(s, &text);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn host_link_cell(ends: [End; 2]) -> Option<usize> {
     match ends {
         [End::Cell(c), End::Host] | [End::Host, End::Cell(c)] => Some(c),
@@ -823,15 +858,18 @@ fn host_link_cell(ends: [End; 2]) -> Option<usize> {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-}
-
-/// Whether process `pid` is still the one we started: its command line names `needle` (the
-/// state directory), so a recycled pid is never signalled.
-fn pid_is_ours(pid: u32, needle: &str) -> bool {
+/// Whether process `pid` is still one we started: its command line names the state directory
+/// `dir` or a file in it, so a recycled pid is never signalled.
+fn pid_is_ours(pid: u32, dir: &Path) -> bool {
+    // Arguments are NUL-separated; ours name the directory itself or a file in it.
+    let dir = dir.display().to_string();
+    let in_dir = format!("{dir}/");
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(needle))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .any(|a| a == dir || a.contains(&in_dir))
+        })
         .unwrap_or(false)
 }
 
@@ -839,19 +877,20 @@ fn pid_is_ours(pid: u32, needle: &str) -> bool {
 /// still names `dir`), removes its links and its nftables table, restores `ip_forward`. Each
 /// step is tried even when another fails.
 pub fn undo(r: &Record, dir: &Path) {
-    let needle = dir.display().to_string();
     for (what, pid) in &r.processes {
-        if pid_is_ours(*pid, &needle) {
+        if pid_is_ours(*pid, dir) {
             info!("stopping {what} (pid {pid})");
             let p = nix::unistd::Pid::from_raw(*pid as i32);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
             for _ in 0..100 {
-                if !pid_alive(*pid) {
+                if !pid_is_ours(*pid, dir) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            if pid_is_ours(*pid, dir) {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
     if let Some(t) = &r.nft_table {
@@ -886,33 +925,77 @@ pub fn running(paths: &Paths) -> bool {
     request(paths, "status", Duration::from_secs(5)).is_ok()
 }
 
+fn read_record(paths: &Paths) -> io::Result<Option<Record>> {
+    match fs::read_to_string(paths.record()) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| err(format!("{}: {e}", paths.record().display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pid of the network's supervisor, if that process still runs.
+fn live_supervisor(paths: &Paths) -> Option<u32> {
+    let pid = read_record(paths).ok().flatten()?.supervisor?;
+    pid_is_ours(pid, &paths.dir).then_some(pid)
+}
+
+/// Holds the state root locked: one `up` or `down` at a time under it.
+pub struct NetworkLock(#[allow(dead_code)] fs::File);
+
+/// Locks the state root of `paths` (waits for another `up`/`down`). The lock is on the
+/// directory itself, so it leaves no file behind.
+pub fn lock(paths: &Paths) -> io::Result<NetworkLock> {
+    use std::os::fd::AsRawFd;
+    let root = paths.dir.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(root)?;
+    let f = fs::File::open(root)?;
+    // SAFETY: flock on a file descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NetworkLock(f))
+}
+
 /// `ivnet down`: stops the network and removes everything it created, also when its
 /// supervisor died. Ok when nothing is running.
 pub fn down(paths: &Paths) -> io::Result<()> {
+    let _lock = lock(paths)?;
+    down_locked(paths)?;
+    // The state root too, when no other network uses it (as it was before the first `up`).
+    if let Some(root) = paths.dir.parent() {
+        let _ = fs::remove_dir(root);
+    }
+    Ok(())
+}
+
+fn down_locked(paths: &Paths) -> io::Result<()> {
     if paths.control().exists() {
         match request(paths, "down", Duration::from_secs(60)) {
             Ok(_) => info!("supervisor stopped the network"),
-            Err(e) => warn!("supervisor did not answer ({e}); cleaning up from its record"),
+            Err(e) => warn!("supervisor did not answer ({e})"),
         }
     }
-    if let Ok(text) = fs::read_to_string(paths.record()) {
-        let r: Record = serde_json::from_str(&text)
-            .map_err(|e| err(format!("{}: {e}", paths.record().display())))?;
-        let needle = paths.dir.display().to_string();
-        if let Some(pid) = r.supervisor {
-            for _ in 0..250 {
-                if !pid_is_ours(pid, &needle) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    // The supervisor must be gone before its record is read: it records what it creates
+    // until its last moment. One that does not answer (still coming up) gets SIGTERM, which
+    // it handles by tearing down; SIGKILL after 30 s.
+    if let Some(pid) = live_supervisor(paths) {
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..1500 {
+            if !pid_is_ours(pid, &paths.dir) {
+                break;
             }
-            if pid_is_ours(pid, &needle) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        if pid_is_ours(pid, &paths.dir) {
+            warn!("supervisor {pid} did not stop: killing it");
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if let Some(r) = read_record(paths)? {
         undo(&r, &paths.dir);
     }
     if paths.dir.exists() {
@@ -935,6 +1018,7 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
     let paths = Paths {
         dir: state_dir(root, &topo.host.bridge),
     };
+    let _lock = lock(&paths)?;
     if running(&paths) {
         let old = fs::read_to_string(paths.topology()).unwrap_or_default();
         let old_base = fs::read_to_string(paths.base()).unwrap_or_default();
@@ -946,15 +1030,27 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         }
         return request(&paths, "reconcile", Duration::from_secs(60));
     }
+    if let Some(pid) = live_supervisor(&paths) {
+        // Alive but not answering: never tear down a network because it was slow.
+        return Err(err(format!(
+            "network {}: its supervisor (pid {pid}) does not answer; try again, or `ivnet down` it",
+            topo.host.bridge
+        )));
+    }
     // A leftover of a supervisor that died: clean it up first.
     if paths.dir.exists() {
         warn!(
             "{} is left from an earlier run: cleaning up",
             paths.dir.display()
         );
-        down(&paths)?;
+        down_locked(&paths)?;
     }
     fs::create_dir_all(&paths.dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The control socket and consoles are root's business.
+        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))?;
+    }
     fs::write(paths.topology(), &text)?;
     fs::write(paths.base(), base.display().to_string())?;
     let log = fs::File::create(paths.log())?;
@@ -973,7 +1069,8 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
     loop {
         if let Some(st) = child.try_wait()? {
             let log = fs::read_to_string(paths.log()).unwrap_or_default();
-            let _ = fs::remove_dir_all(&paths.dir);
+            // Whatever it left (it may have died without tearing down) goes by its record.
+            down_locked(&paths)?;
             // The supervisor's last words name the cause.
             let cause = log
                 .lines()
@@ -989,8 +1086,11 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         }
         if Instant::now() > end {
             let _ = child.kill();
-            down(&paths)?;
-            return Err(err("the supervisor did not answer within 120 s"));
+            let _ = child.wait();
+            down_locked(&paths)?;
+            return Err(err(
+                "the supervisor did not answer within 120 s; everything it created was removed",
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1008,7 +1108,13 @@ pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()>
     sup.save_record();
     sup.up()?;
     let _ = fs::remove_file(paths.control());
-    let control = UnixListener::bind(paths.control())?;
+    let control = match UnixListener::bind(paths.control()) {
+        Ok(c) => c,
+        Err(e) => {
+            sup.teardown();
+            return Err(err(format!("control socket: {e}")));
+        }
+    };
     info!(
         "network {} is up; metrics on http://{metrics}/metrics",
         sup.topo.host.bridge

@@ -277,9 +277,15 @@ fn run_nft(what: &str, args: &[&str], input: Option<&Value>) -> io::Result<Vec<u
         let text = serde_json::to_vec(doc)?;
         // nft reads the whole document before it answers, so writing before reading its
         // (small) output cannot deadlock.
-        stdin
-            .write_all(&text)
-            .map_err(|e| io::Error::new(e.kind(), format!("{what}: write to nft: {e}")))?;
+        if let Err(e) = stdin.write_all(&text) {
+            drop(stdin);
+            let _ = child.kill();
+            let _ = child.wait(); // no zombie left in a long-lived supervisor
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{what}: write to nft: {e}"),
+            ));
+        }
     }
     let out = child
         .wait_with_output()

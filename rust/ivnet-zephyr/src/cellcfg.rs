@@ -100,6 +100,13 @@ pub fn get() -> CellConfig {
     let cfg = match FwCfg::open().and_then(|f| f.file(cell::FW_CFG_NAME.as_bytes(), &mut buf)) {
         Some(len) => {
             inf!("cell config: {} bytes from fw_cfg", len);
+            // A file longer than the buffer was cut: drop its partial last line, which could
+            // otherwise parse as a different value (10.20.0.1 from 10.20.0.12).
+            let len = if len == MAX_FILE {
+                buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            } else {
+                len
+            };
             cell::parse(&buf[..len], |l| {
                 wrn!("cell config: line not understood: {}", l)
             })

@@ -88,7 +88,39 @@ impl Published {
 
     /// Publishes the current counters (call inside the driver's critical section).
     pub fn publish(&self, s: &Stats) {
-        // SAFETY: callers serialise writers with the critical section; see `Sync` above.
-        unsafe { core::ptr::write_volatile(&mut (*self.0.get()).counters, *s) };
+        let src = s.as_words();
+        // SAFETY: `counters` is COUNT u32s (checked at compile time below), written one aligned
+        // word at a time with volatile stores (no tearing of a counter the STATS subsystem
+        // reads concurrently, no `&mut` to memory C reads); callers serialise writers with the
+        // critical section.
+        unsafe {
+            let dst = core::ptr::addr_of_mut!((*self.0.get()).counters) as *mut u32;
+            for (i, w) in src.iter().enumerate() {
+                dst.add(i).write_volatile(*w);
+            }
+        }
+    }
+}
+
+// Zephyr finds counter i at `sizeof(struct stats_hdr) + i * s_size` from the header.
+const _: () = assert!(offset_of!(Group, counters) == core::mem::size_of::<sys::stats_hdr>());
+const _: () = assert!(core::mem::size_of::<Stats>() == Stats::COUNT * 4);
+const _: () = assert!(core::mem::align_of::<Stats>() == 4);
+
+impl Stats {
+    /// The counters as words, in declaration order.
+    fn as_words(&self) -> [u32; Stats::COUNT] {
+        [
+            self.rx_frames,
+            self.tx_frames,
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_dropped,
+            self.tx_dropped,
+            self.tx_waits,
+            self.doorbells,
+            self.state_changes,
+            self.protocol_resets,
+        ]
     }
 }
