@@ -118,9 +118,8 @@ def main():
         say("9. what an orchestrator sees: status, inventory, metrics")
         st = net.status()
         for l in st["links"]:
-            c = l.get("counters")
-            print(f"   link {l['name']:9} {l['state']:14}"
-                  + (f" tx {c['tx_frames']} / rx {c['rx_frames']} frames, ring full {c['ring_full']}" if c else ""))
+            flows = ", ".join(f"{f['from']}->{f['to']} {f['frames']} frames" for f in l.get("flows", []))
+            print(f"   link {l['name']:9} {l['state']:12} {flows}")
         inv = json.loads(net.ivnet("inventory", "--list", "--state-root", str(state)).stdout)
         fig("Ansible inventory (ivnet_cells)", " ".join(sorted(inv["ivnet_cells"]["hosts"])))
         m = [x for x in net.metrics_text().splitlines() if x.startswith("ivnet_link_frames_total")]

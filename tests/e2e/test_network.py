@@ -141,21 +141,28 @@ def test_network_of_cells(cell_elf, work):
         one = json.loads(net.ivnet("inventory", "--host", "c2", "--state-root", str(net.state)).stdout)
         assert one["ansible_host"] == addrs["c2"]
 
-        def scrape() -> dict:
+        def scrape() -> tuple[dict, dict]:
+            """Frames per host link (cell -> host), and per cell<->cell direction."""
             text = net.metrics_text()
-            out = {}
+            to_host, between = {}, {}
             for line in text.splitlines():
-                m = re.match(r'(ivnet_link_frames_total)\{.*link="([^"]+)",dir="rx"\} (\d+)', line)
-                if m:
-                    out[m.group(2)] = int(m.group(3))
+                m = re.match(r'ivnet_link_frames_total\{.*link="([^"]+)",from="([^"]+)",to="([^"]+)"\} (\d+)', line)
+                if m and m.group(3) == "host":
+                    to_host[m.group(1)] = int(m.group(4))
+                elif m and m.group(2) != "host":
+                    between[(m.group(2), m.group(3))] = int(m.group(4))
             assert f'ivnet_cell_up{{network="{BRIDGE}",cell="c1"}} 1' in text
-            return out
-        m1 = scrape()
+            return to_host, between
+        m1, cc = scrape()
         assert sorted(m1) == sorted(l["name"] for l in host_links)
+        if N >= 3:
+            # The host counts the cell<->cell link from its shared memory, and knows who sent
+            # what by the frames' source MACs.
+            assert cc.get(("c2", "c3"), 0) > 0 and cc.get(("c3", "c2"), 0) > 0, cc
         for n, a in addrs.items():
             net.host.run("ping", "-c", "2", "-i", "0.2", "-W", "2", a, check=False)
         time.sleep(0.5)
-        m2 = scrape()
+        m2, _ = scrape()
         assert all(m2[k] > m1[k] for k in m1), (m1, m2)
 
         # MCUmgr on every cell: echo and its stats.

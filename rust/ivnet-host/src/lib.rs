@@ -11,6 +11,7 @@
 //! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory;
 //! - [`network`] and [`metrics`]: `ivnet up`/`down`/`status`/`inventory`, the supervisor of a
 //!   running network, and its Prometheus metrics;
+//! - [`observe`]: counting a cell<->cell link from the host, read-only;
 //! - [`topology`]: the topology file of a network of cells (parsed and checked);
 //! - [`netcfg`]: links, bridges and IPv4 addresses configured through rtnetlink;
 //! - [`nft`]: one nftables table of NAT and port forwards per network, through nft's JSON API.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod netcfg;
 pub mod network;
 pub mod nft;
+pub mod observe;
 pub mod proto;
 pub mod server;
 pub mod size;

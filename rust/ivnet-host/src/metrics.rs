@@ -8,22 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// (metric, counter key in the status, help, labels beyond network/link).
+/// (metric, counter key in the status, help, labels beyond network/link): the host peer's
+/// counters of a link to the host.
 const LINK_COUNTERS: &[(&str, &str, &str, &str)] = &[
-    (
-        "ivnet_link_frames_total",
-        "tx_frames",
-        "Frames the host peer sent into the link.",
-        "dir=\"tx\"",
-    ),
-    ("ivnet_link_frames_total", "rx_frames", "", "dir=\"rx\""),
-    (
-        "ivnet_link_bytes_total",
-        "tx_bytes",
-        "Bytes the host peer sent into or received from the link.",
-        "dir=\"tx\"",
-    ),
-    ("ivnet_link_bytes_total", "rx_bytes", "", "dir=\"rx\""),
     (
         "ivnet_link_drops_total",
         "rx_dropped",
@@ -46,12 +33,6 @@ const LINK_COUNTERS: &[(&str, &str, &str, &str)] = &[
         "ivnet_link_doorbells_total",
         "doorbells",
         "Doorbells the host peer rang.",
-        "",
-    ),
-    (
-        "ivnet_link_state_changes_total",
-        "state_changes",
-        "Link state machine transitions at the host end.",
         "",
     ),
     (
@@ -79,6 +60,50 @@ pub fn render(status: &Value) -> String {
     let links = status["links"].as_array().unwrap_or(&empty);
     let cells = status["cells"].as_array().unwrap_or(&empty);
     let mut o = String::new();
+    // Frames and bytes of every link, by direction: the host peer's counts on a link to the
+    // host, what the host reads from the shared memory on a cell<->cell link.
+    for (metric, key, help) in [
+        (
+            "ivnet_link_frames_total",
+            "frames",
+            "Frames sent over the link, by direction.",
+        ),
+        (
+            "ivnet_link_bytes_total",
+            "bytes",
+            "Bytes sent over the link, by direction.",
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for l in links {
+            for f in l["flows"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    o,
+                    "{metric}{{network=\"{net}\",link=\"{}\",from=\"{}\",to=\"{}\"}} {}",
+                    esc(l["name"].as_str().unwrap_or_default()),
+                    esc(f["from"].as_str().unwrap_or_default()),
+                    esc(f["to"].as_str().unwrap_or_default()),
+                    f[key].as_u64().unwrap_or(0)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ivnet_link_state_changes_total Link state transitions: at the host end of a host link; seen in the shared memory (sampled) on a cell<->cell link.\n# TYPE ivnet_link_state_changes_total counter"
+    );
+    for l in links {
+        let v = l["counters"]["state_changes"]
+            .as_u64()
+            .or_else(|| l["observed"]["state_changes"].as_u64());
+        if let Some(v) = v {
+            let _ = writeln!(
+                o,
+                "ivnet_link_state_changes_total{{network=\"{net}\",link=\"{}\"}} {v}",
+                esc(l["name"].as_str().unwrap_or_default())
+            );
+        }
+    }
     let mut last = "";
     for (metric, key, help, extra) in LINK_COUNTERS {
         if *metric != last {
@@ -99,7 +124,7 @@ pub fn render(status: &Value) -> String {
     }
     let _ = writeln!(
         o,
-        "# HELP ivnet_link_up Whether the link runs (host links: carrier at the host end; cell links: both cells running).\n# TYPE ivnet_link_up gauge"
+        "# HELP ivnet_link_up Whether the link runs (host links: carrier at the host end; cell links: both ends in RUN).\n# TYPE ivnet_link_up gauge"
     );
     for l in links {
         let _ = writeln!(
@@ -166,16 +191,23 @@ mod tests {
         let st = json!({
             "network": "ivbr0",
             "links": [
-                {"name": "c1-host", "up": true, "counters": {"tx_frames": 5, "rx_frames": 7, "tx_bytes": 500, "rx_bytes": 700, "rx_dropped": 0, "runts_dropped": 1, "ring_full": 2, "doorbells": 9, "state_changes": 3, "protocol_resets": 0}},
-                {"name": "c1-c2", "up": false}
+                {"name": "c1-host", "up": true, "counters": {"tx_frames": 5, "rx_frames": 7, "tx_bytes": 500, "rx_bytes": 700, "rx_dropped": 0, "runts_dropped": 1, "ring_full": 2, "doorbells": 9, "state_changes": 3, "protocol_resets": 0},
+                 "flows": [{"from": "host", "to": "c1", "frames": 5, "bytes": 500}, {"from": "c1", "to": "host", "frames": 7, "bytes": 700}]},
+                {"name": "c1-c2", "up": false, "observed": {"state_changes": 4},
+                 "flows": [{"from": "c1", "to": "c2", "frames": 11, "bytes": 1100}, {"from": "c2", "to": "c1", "frames": 0, "bytes": 0}]}
             ],
             "cells": [{"name": "c1", "running": true, "restarts": 1}]
         });
         let m = render(&st);
-        assert!(
-            m.contains("ivnet_link_frames_total{network=\"ivbr0\",link=\"c1-host\",dir=\"rx\"} 7"),
-            "{m}"
+        let has = |line: &str| assert!(m.contains(line), "{line} missing in:\n{m}");
+        has(
+            "ivnet_link_frames_total{network=\"ivbr0\",link=\"c1-host\",from=\"c1\",to=\"host\"} 7",
         );
+        has("ivnet_link_bytes_total{network=\"ivbr0\",link=\"c1-host\",from=\"host\",to=\"c1\"} 500");
+        has("ivnet_link_frames_total{network=\"ivbr0\",link=\"c1-c2\",from=\"c1\",to=\"c2\"} 11");
+        has("ivnet_link_bytes_total{network=\"ivbr0\",link=\"c1-c2\",from=\"c1\",to=\"c2\"} 1100");
+        has("ivnet_link_state_changes_total{network=\"ivbr0\",link=\"c1-c2\"} 4");
+        has("ivnet_link_state_changes_total{network=\"ivbr0\",link=\"c1-host\"} 3");
         assert!(m.contains(
             "ivnet_link_drops_total{network=\"ivbr0\",link=\"c1-host\",reason=\"runt\"} 1"
         ));

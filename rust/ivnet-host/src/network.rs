@@ -38,6 +38,7 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::link::{Link, Stats};
 use crate::nft;
+use crate::observe::{Counts, LinkObserver};
 use crate::server::{Server, ServerConfig};
 use crate::tap::Tap;
 use crate::topology::{fmt_mac, Addressing, End, Topology};
@@ -199,6 +200,9 @@ pub struct Supervisor {
     leases: BTreeMap<[u8; 6], Ipv4Addr>,
     applied_forwards: Option<Vec<nft::Forward>>,
     started: Instant,
+    /// What the host sees of each cell<->cell link (by link index), sampled every 20 ms.
+    observed: BTreeMap<usize, Arc<Mutex<Counts>>>,
+    observer: Option<JoinHandle<()>>,
 }
 
 fn kill(child: &mut Child, grace: Duration) {
@@ -248,6 +252,8 @@ impl Supervisor {
             leases: BTreeMap::new(),
             applied_forwards: None,
             started: Instant::now(),
+            observed: BTreeMap::new(),
+            observer: None,
         }
     }
 
@@ -317,7 +323,8 @@ impl Supervisor {
         self.record.nft_table = Some(nft::table_name(&h.bridge));
         self.save_record();
         self.apply_nat()?;
-        // Links: servers, then host peers.
+        // Links: servers, then host peers; cell<->cell links get an observer.
+        let mut observers = Vec::new();
         for (i, l) in self.topo.links.clone().iter().enumerate() {
             let server = Server::new(ServerConfig {
                 socket: self.paths.link(i),
@@ -325,6 +332,9 @@ impl Supervisor {
                 vectors: 2,
             })
             .map_err(|e| err(format!("link {i}: {e}")))?;
+            if host_link_cell(l.ends).is_none() {
+                observers.push((i, server.observer()?));
+            }
             self.servers.push(server.spawn(self.stop.clone()));
             if let Some(c) = host_link_cell(l.ends) {
                 let tap = tap_name(&self.topo.cells[c].name);
@@ -333,6 +343,9 @@ impl Supervisor {
                 self.record.links.push(tap);
                 self.save_record();
             }
+        }
+        if !observers.is_empty() {
+            self.start_observers(observers)?;
         }
         // DHCP.
         if h.dhcp.is_some() {
@@ -380,6 +393,29 @@ impl Supervisor {
             }
         })?;
         Ok(HostPeer { view, thread })
+    }
+
+    /// One thread samples every cell<->cell link's region every 20 ms.
+    fn start_observers(&mut self, observers: Vec<(usize, LinkObserver)>) -> io::Result<()> {
+        let mut obs = Vec::new();
+        for (i, o) in observers {
+            let shared = Arc::new(Mutex::new(Counts::default()));
+            self.observed.insert(i, shared.clone());
+            obs.push((o, shared));
+        }
+        let stop = self.stop.clone();
+        self.observer = Some(std::thread::Builder::new().name("observer".into()).spawn(
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for (o, shared) in obs.iter_mut() {
+                        o.sample();
+                        *shared.lock().unwrap() = o.counts;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            },
+        )?);
+        Ok(())
     }
 
     fn start_dnsmasq(&mut self) -> io::Result<()> {
@@ -608,6 +644,9 @@ impl Supervisor {
         for (_, p) in std::mem::take(&mut self.peers) {
             let _ = p.thread.join();
         }
+        if let Some(t) = self.observer.take() {
+            let _ = t.join();
+        }
         self.record.processes.clear();
         undo(&self.record, &self.paths.dir);
         // Undone: the record on disk must say so, or a later `down`/`up` would undo it again
@@ -722,6 +761,45 @@ impl Supervisor {
                     "state_changes": s.state_changes, "carrier_ups": s.carrier_ups,
                     "protocol_resets": s.protocol_resets,
                 });
+                let cell = &self.topo.cells[c].name;
+                v["flows"] = json!([
+                    {"from": "host", "to": cell, "frames": s.tx_frames, "bytes": s.tx_bytes},
+                    {"from": cell, "to": "host", "frames": s.rx_frames, "bytes": s.rx_bytes},
+                ]);
+            } else if let Some(o) = self.observed.get(&i) {
+                // A cell<->cell link: the host is not on its data path, but reads what each
+                // end publishes (see observe.rs); the sender is known by its source MAC.
+                let c = *o.lock().unwrap();
+                let who = |slot: usize| -> String {
+                    c.src_macs[slot]
+                        .and_then(|m| {
+                            l.ends.iter().find_map(|e| match e {
+                                End::Cell(ci) => self
+                                    .topo
+                                    .cell_ifaces(*ci)
+                                    .iter()
+                                    .any(|f| f.link == i && f.mac == m)
+                                    .then(|| self.topo.cells[*ci].name.clone()),
+                                End::Host => None,
+                            })
+                        })
+                        .unwrap_or_else(|| format!("slot{slot}"))
+                };
+                let flows: Vec<Value> = (0..2)
+                    .map(|slot| {
+                        let from = who(slot);
+                        let to = [name_of(l.ends[0]), name_of(l.ends[1])]
+                            .into_iter()
+                            .find(|n| *n != from && c.src_macs[slot].is_some())
+                            .unwrap_or_else(|| format!("slot{}", 1 - slot));
+                        json!({"from": from, "to": to, "frames": c.sent[slot].frames, "bytes": c.sent[slot].bytes})
+                    })
+                    .collect();
+                let up = c.states == [3, 3];
+                v["state"] = json!(if up { "Run" } else { "not running" });
+                v["up"] = json!(up);
+                v["flows"] = json!(flows);
+                v["observed"] = json!({"state_changes": c.state_changes, "states": c.states});
             } else {
                 // A cell<->cell link: the host is not in its data path; both cells running
                 // is what the host can tell (their counters: MCUmgr stats / `net stats`).

@@ -144,6 +144,11 @@ impl Server {
         })
     }
 
+    /// A read-only observer of the link's region (see [`crate::observe`]).
+    pub fn observer(&self) -> io::Result<crate::observe::LinkObserver> {
+        crate::observe::LinkObserver::new(&self.shm, self.cfg.size)
+    }
+
     fn v1(&self) -> V1Region {
         V1Region::new(self.map.region()).expect("size checked in Server::new")
     }

@@ -47,6 +47,11 @@ impl Drop for TempDir {
 
 /// Starts a server for one link of `size` bytes.
 pub fn start(tag: &str, size: usize) -> Running {
+    start_observed(tag, size).0
+}
+
+/// Starts a server for one link of `size` bytes, with a host observer of its region.
+pub fn start_observed(tag: &str, size: usize) -> (Running, ivnet_host::observe::LinkObserver) {
     let dir = TempDir::new(tag);
     let path = dir.0.join("link.sock");
     let server = Server::new(ServerConfig {
@@ -55,14 +60,18 @@ pub fn start(tag: &str, size: usize) -> Running {
         vectors: 2,
     })
     .unwrap();
+    let observer = server.observer().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let handle = Some(server.spawn(stop.clone()));
-    Running {
-        stop,
-        handle,
-        path,
-        _dir: dir,
-    }
+    (
+        Running {
+            stop,
+            handle,
+            path,
+            _dir: dir,
+        },
+        observer,
+    )
 }
 
 /// Polls `f` every 2 ms until it holds; fails after 10 s.
