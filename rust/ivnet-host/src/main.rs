@@ -270,7 +270,21 @@ fn print_status(v: &serde_json::Value) {
                     c["rx_dropped"]
                 )
             } else {
-                String::new()
+                l["flows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        format!(
+                            "{}->{} {} frames/{} B",
+                            f["from"].as_str().unwrap_or_default(),
+                            f["to"].as_str().unwrap_or_default(),
+                            f["frames"],
+                            f["bytes"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
     }
