@@ -788,10 +788,13 @@ impl Supervisor {
                 let flows: Vec<Value> = (0..2)
                     .map(|slot| {
                         let from = who(slot);
-                        let to = [name_of(l.ends[0]), name_of(l.ends[1])]
-                            .into_iter()
-                            .find(|n| *n != from && c.src_macs[slot].is_some())
-                            .unwrap_or_else(|| format!("slot{}", 1 - slot));
+                        let ends = [name_of(l.ends[0]), name_of(l.ends[1])];
+                        // Named only when the sender was recognised; else by slot.
+                        let to = if ends.contains(&from) {
+                            ends.into_iter().find(|n| *n != from).unwrap_or_default()
+                        } else {
+                            format!("slot{}", 1 - slot)
+                        };
                         json!({"from": from, "to": to, "frames": c.sent[slot].frames, "bytes": c.sent[slot].bytes})
                     })
                     .collect();
