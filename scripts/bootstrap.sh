@@ -92,10 +92,10 @@ if [ ! -x "$venv/bin/west" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q west
 fi
-# The benchmark's statistics and plots (scripts/bench.py), and the MCUmgr client the network
-# test uses (scripts/pylib/mcumgr.py).
-if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient" 2>/dev/null; then
-  log "installing the benchmark's analysis libraries and the MCUmgr client into $venv"
+# The benchmark's statistics and plots (scripts/bench.py), and what the network test drives
+# the cells with: the MCUmgr client (scripts/pylib/mcumgr.py) and Ansible (the inventory).
+if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient, ansible" 2>/dev/null; then
+  log "installing the benchmark's analysis libraries, the MCUmgr client and ansible-core into $venv"
   "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
 fi
 if [ -d "$ws/zephyr/scripts" ]; then

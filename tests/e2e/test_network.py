@@ -140,6 +140,18 @@ def test_network_of_cells(cell_elf, work):
         assert inv["_meta"]["hostvars"]["c1"]["ansible_host"] == addrs["c1"]
         one = json.loads(net.ivnet("inventory", "--host", "c2", "--state-root", str(net.state)).stdout)
         assert one["ansible_host"] == addrs["c2"]
+        # Real Ansible reads the inventory and drives every cell (an MCUmgr echo per cell).
+        inv_script = work / "ivnet-inventory"
+        inv_script.write_text(f"#!/bin/sh\nexec {h.ivnet_bin()} inventory --state-root {net.state} \"$@\"\n")
+        inv_script.chmod(0o755)
+        venv_bin = ivn.PYTHON.parent
+        r = net.host.run("env", f"IVNET_NETWORK={BRIDGE}", str(venv_bin / "ansible"), "-i", str(inv_script),
+                         "ivnet_cells", "-m", "ansible.builtin.command", "-a",
+                         f"{ivn.PYTHON} {ROOT}/scripts/pylib/mcumgr.py {{{{ ansible_host }}}} "
+                         "echo via-ansible-{{ inventory_hostname }}", timeout=120, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for name in cells:
+            assert f"via-ansible-{name}" in r.stdout, r.stdout
 
         def scrape() -> tuple[dict, dict]:
             """Frames per host link (cell -> host), and per cell<->cell direction."""

@@ -1261,7 +1261,10 @@ pub fn inventory_list(status: &Value) -> Value {
 pub fn inventory_host(c: &Value) -> Value {
     json!({
         "ansible_host": c["address"],
+        // Cells run no SSH or Python: their tasks run on the ivnet host (and reach the cell
+        // over the network), with the Python that runs Ansible.
         "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         "ivnet_running": c["running"],
         "ivnet_mac": c["mac"],
         "ivnet_console": c["console"],
