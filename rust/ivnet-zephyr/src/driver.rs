@@ -569,7 +569,6 @@ impl Driver {
         }
     }
 
-    /// One round of the link thread: follow the state, receive, wake a waiting sender.
     /// Publishes the counters (with CONFIG_ETH_IVNET_STATS); inside the critical section.
     fn publish(&self, l: &mut Link) {
         l.stats.doorbells = self.doorbells.load(Ordering::Relaxed);
@@ -577,6 +576,7 @@ impl Driver {
         self.stats.publish(&l.stats);
     }
 
+    /// One round of the link thread: follow the state, receive, wake a waiting sender.
     fn round(&self, iface: *mut net_if) -> RoundResult {
         let (fx, peer, running) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
