@@ -136,17 +136,22 @@ impl Rtnl {
         Ok(out)
     }
 
-    fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+    /// The link called `name`, as the kernel describes it (None when there is none).
+    fn get_link(&mut self, name: &str) -> io::Result<Option<LinkMessage>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.query(RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                RouteNetlinkMessage::NewLink(l) => Some(l),
                 _ => None,
             })),
             Err(e) if is_enodev(&e) => Ok(None),
             Err(e) => Err(ctx(format_args!("link {name}: look up"), e)),
         }
+    }
+
+    fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.get_link(name)?.map(|l| l.header.index))
     }
 
     fn require_index(&mut self, name: &str) -> io::Result<u32> {
@@ -626,17 +631,9 @@ mod tests {
 
     /// The name of the master of link `name` (from its `IFLA_MASTER`), if it has one.
     fn master_of(name: &str) -> Option<String> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let answers = Rtnl::open()
-            .unwrap()
-            .query(RouteNetlinkMessage::GetLink(msg), 0)
-            .unwrap();
-        let master = answers.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::Controller(i) => Some(i),
-                _ => None,
-            }),
+        let link = Rtnl::open().unwrap().get_link(name).unwrap()?;
+        let master = link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Controller(i) => Some(i),
             _ => None,
         })?;
         let all = Rtnl::open()
@@ -659,23 +656,15 @@ mod tests {
 
     /// The hairpin mode of bridge port `name`, from its `IFLA_LINKINFO`.
     fn hairpin_of(name: &str) -> Option<bool> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let answers = Rtnl::open()
-            .unwrap()
-            .query(RouteNetlinkMessage::GetLink(msg), 0)
-            .unwrap();
-        answers.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
-                    LinkInfo::PortData(InfoPortData::BridgePort(p)) => {
-                        p.into_iter().find_map(|x| match x {
-                            InfoBridgePort::HairpinMode(h) => Some(h),
-                            _ => None,
-                        })
-                    }
-                    _ => None,
-                }),
+        let link = Rtnl::open().unwrap().get_link(name).unwrap()?;
+        link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|i| match i {
+                LinkInfo::PortData(InfoPortData::BridgePort(p)) => {
+                    p.into_iter().find_map(|x| match x {
+                        InfoBridgePort::HairpinMode(h) => Some(h),
+                        _ => None,
+                    })
+                }
                 _ => None,
             }),
             _ => None,
@@ -683,15 +672,10 @@ mod tests {
     }
 
     fn is_up(name: &str) -> bool {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let answers = Rtnl::open()
+        Rtnl::open()
             .unwrap()
-            .query(RouteNetlinkMessage::GetLink(msg), 0)
-            .unwrap();
-        answers.into_iter().any(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l.header.flags.contains(LinkFlags::Up),
-            _ => false,
-        })
+            .get_link(name)
+            .unwrap()
+            .is_some_and(|l| l.header.flags.contains(LinkFlags::Up))
     }
 }
