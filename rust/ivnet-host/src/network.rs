@@ -195,7 +195,6 @@ pub struct Supervisor {
     servers: Vec<JoinHandle<io::Result<()>>>,
     peers: BTreeMap<usize, HostPeer>,
     dnsmasq: Option<Child>,
-    dnsmasq_restarts: u64,
     cells: Vec<CellProc>,
     leases: BTreeMap<[u8; 6], Ipv4Addr>,
     applied_forwards: Option<Vec<nft::Forward>>,
@@ -247,7 +246,6 @@ impl Supervisor {
             servers: Vec::new(),
             peers: BTreeMap::new(),
             dnsmasq: None,
-            dnsmasq_restarts: 0,
             cells,
             leases: BTreeMap::new(),
             applied_forwards: None,
@@ -600,10 +598,7 @@ impl Supervisor {
             };
             if dead {
                 match self.start_dnsmasq() {
-                    Ok(()) => {
-                        self.dnsmasq_restarts += 1;
-                        done.push("dnsmasq".to_string());
-                    }
+                    Ok(()) => done.push("dnsmasq".to_string()),
                     Err(e) => error!("restarting dnsmasq: {e}"),
                 }
             }
