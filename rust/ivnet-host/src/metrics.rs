@@ -9,37 +9,43 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// (metric, counter key in the status, help, labels beyond network/link): the host peer's
-/// counters of a link to the host.
-const LINK_COUNTERS: &[(&str, &str, &str, &str)] = &[
+/// counters of a link to the host. A help text is given with a family's first entry.
+type LinkCounter = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+const LINK_COUNTERS: &[LinkCounter] = &[
     (
         "ivnet_link_drops_total",
         "rx_dropped",
         "Frames dropped: received but not delivered to the TAP, or runts not sent.",
-        "reason=\"tap\"",
+        &[("reason", "tap")],
     ),
     (
         "ivnet_link_drops_total",
         "runts_dropped",
         "",
-        "reason=\"runt\"",
+        &[("reason", "runt")],
     ),
     (
         "ivnet_link_ring_full_total",
         "ring_full",
         "Times a frame found the transmit ring full.",
-        "",
+        &[],
     ),
     (
         "ivnet_link_doorbells_total",
         "doorbells",
         "Doorbells the host peer rang.",
-        "",
+        &[],
     ),
     (
         "ivnet_link_protocol_resets_total",
         "protocol_resets",
         "Link resets because the peer broke the protocol.",
-        "",
+        &[],
     ),
 ];
 
@@ -49,17 +55,45 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn b(v: &Value) -> u8 {
-    u8::from(v.as_bool().unwrap_or(false))
+fn b(v: &Value) -> u64 {
+    u64::from(v.as_bool().unwrap_or(false))
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// The text of one network's metrics.
+struct Out<'a> {
+    o: String,
+    network: &'a str,
+}
+
+impl Out<'_> {
+    /// A family's HELP and TYPE lines.
+    fn family(&mut self, metric: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+    }
+
+    /// One sample: `metric{network="..",label="value",...} v`, label values escaped.
+    fn sample(&mut self, metric: &str, labels: &[(&str, &str)], v: u64) {
+        let _ = write!(self.o, "{metric}{{network=\"{}\"", esc(self.network));
+        for (k, val) in labels {
+            let _ = write!(self.o, ",{k}=\"{}\"", esc(val));
+        }
+        let _ = writeln!(self.o, "}} {v}");
+    }
 }
 
 /// Renders the metrics of a network from its status JSON (as `ivnet status --json` prints).
 pub fn render(status: &Value) -> String {
-    let net = esc(status["network"].as_str().unwrap_or_default());
     let empty = Vec::new();
     let links = status["links"].as_array().unwrap_or(&empty);
     let cells = status["cells"].as_array().unwrap_or(&empty);
-    let mut o = String::new();
+    let mut o = Out {
+        o: String::new(),
+        network: text(&status["network"]),
+    };
     // Frames and bytes of every link, by direction: the host peer's counts on a link to the
     // host, what the host reads from the shared memory on a cell<->cell link.
     for (metric, key, help) in [
@@ -74,91 +108,82 @@ pub fn render(status: &Value) -> String {
             "Bytes sent over the link, by direction.",
         ),
     ] {
-        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        o.family(metric, "counter", help);
         for l in links {
             for f in l["flows"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    o,
-                    "{metric}{{network=\"{net}\",link=\"{}\",from=\"{}\",to=\"{}\"}} {}",
-                    esc(l["name"].as_str().unwrap_or_default()),
-                    esc(f["from"].as_str().unwrap_or_default()),
-                    esc(f["to"].as_str().unwrap_or_default()),
-                    f[key].as_u64().unwrap_or(0)
-                );
+                let labels = [
+                    ("link", text(&l["name"])),
+                    ("from", text(&f["from"])),
+                    ("to", text(&f["to"])),
+                ];
+                o.sample(metric, &labels, f[key].as_u64().unwrap_or(0));
             }
         }
     }
-    let _ = writeln!(
-        o,
-        "# HELP ivnet_link_state_changes_total Link state transitions: at the host end of a host link; seen in the shared memory (sampled) on a cell<->cell link.\n# TYPE ivnet_link_state_changes_total counter"
+    o.family(
+        "ivnet_link_state_changes_total",
+        "counter",
+        "Link state transitions: at the host end of a host link; seen in the shared memory (sampled) on a cell<->cell link.",
     );
     for l in links {
         let v = l["counters"]["state_changes"]
             .as_u64()
             .or_else(|| l["observed"]["state_changes"].as_u64());
         if let Some(v) = v {
-            let _ = writeln!(
-                o,
-                "ivnet_link_state_changes_total{{network=\"{net}\",link=\"{}\"}} {v}",
-                esc(l["name"].as_str().unwrap_or_default())
+            o.sample(
+                "ivnet_link_state_changes_total",
+                &[("link", text(&l["name"]))],
+                v,
             );
         }
     }
     let mut last = "";
     for (metric, key, help, extra) in LINK_COUNTERS {
         if *metric != last {
-            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            o.family(metric, "counter", help);
             last = metric;
         }
         for l in links {
             let Some(v) = l["counters"][*key].as_u64() else {
                 continue;
             };
-            let sep = if extra.is_empty() { "" } else { "," };
-            let _ = writeln!(
-                o,
-                "{metric}{{network=\"{net}\",link=\"{}\"{sep}{extra}}} {v}",
-                esc(l["name"].as_str().unwrap_or_default())
-            );
+            let labels: Vec<(&str, &str)> = [("link", text(&l["name"]))]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            o.sample(metric, &labels, v);
         }
     }
-    let _ = writeln!(
-        o,
-        "# HELP ivnet_link_up Whether the link runs (host links: carrier at the host end; cell links: both ends in RUN).\n# TYPE ivnet_link_up gauge"
+    o.family(
+        "ivnet_link_up",
+        "gauge",
+        "Whether the link runs (host links: carrier at the host end; cell links: both ends in RUN).",
     );
     for l in links {
-        let _ = writeln!(
-            o,
-            "ivnet_link_up{{network=\"{net}\",link=\"{}\"}} {}",
-            esc(l["name"].as_str().unwrap_or_default()),
-            b(&l["up"])
+        o.sample("ivnet_link_up", &[("link", text(&l["name"]))], b(&l["up"]));
+    }
+    o.family("ivnet_cell_up", "gauge", "Whether the cell's QEMU runs.");
+    for c in cells {
+        o.sample(
+            "ivnet_cell_up",
+            &[("cell", text(&c["name"]))],
+            b(&c["running"]),
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP ivnet_cell_up Whether the cell's QEMU runs.\n# TYPE ivnet_cell_up gauge"
+    o.family(
+        "ivnet_cell_restarts_total",
+        "counter",
+        "Times `ivnet up` restarted the cell.",
     );
     for c in cells {
-        let _ = writeln!(
-            o,
-            "ivnet_cell_up{{network=\"{net}\",cell=\"{}\"}} {}",
-            esc(c["name"].as_str().unwrap_or_default()),
-            b(&c["running"])
+        let v = c["restarts"].as_u64().unwrap_or(0);
+        o.sample(
+            "ivnet_cell_restarts_total",
+            &[("cell", text(&c["name"]))],
+            v,
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP ivnet_cell_restarts_total Times `ivnet up` restarted the cell.\n# TYPE ivnet_cell_restarts_total counter"
-    );
-    for c in cells {
-        let _ = writeln!(
-            o,
-            "ivnet_cell_restarts_total{{network=\"{net}\",cell=\"{}\"}} {}",
-            esc(c["name"].as_str().unwrap_or_default()),
-            c["restarts"].as_u64().unwrap_or(0)
-        );
-    }
-    o
+    o.o
 }
 
 /// Answers one HTTP request on `s`: the metrics for `GET /metrics`, 404 otherwise.
