@@ -91,8 +91,8 @@ class Network:
         }
 
     def close(self) -> None:
-        subprocess.run(self.host.cmd(str(h.ivnet_bin()), "down", self.bridge, "--state-root", str(self.state)),
-                       capture_output=True, timeout=120)
+        """`ivnet down` (whatever state the network is in), then the namespaces."""
+        self.ivnet("down", self.bridge, "--state-root", str(self.state), check=False, timeout=120)
         self.out.close()
         self.host.close()
 

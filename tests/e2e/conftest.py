@@ -14,13 +14,25 @@ sys.path.insert(0, str(ROOT / "scripts" / "pylib"))
 import ivnet_harness as h  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def echo_elf() -> Path:
-    elf = Path(os.environ.get("IVNET_ECHO_ELF", ROOT / "build" / "echo" / "zephyr" / "zephyr.elf"))
+def built_echo(env: str, build: str, west_args: str = "") -> Path:
+    """The echo sample's image: $`env` if set, else build/`build`, built (with `west_args`)
+    when missing."""
+    elf = Path(os.environ.get(env, ROOT / "build" / build / "zephyr" / "zephyr.elf"))
     if not elf.exists():
         subprocess.run(["bash", "-c", f". {ROOT}/scripts/zephyr-env.sh && west build -b qemu_cortex_a53 "
-                        f"{ROOT}/samples/echo -d {ROOT}/build/echo"], check=True)
+                        f"{ROOT}/samples/echo -d {ROOT}/build/{build} {west_args}"], check=True)
     return elf
+
+
+@pytest.fixture(scope="session")
+def echo_elf() -> Path:
+    return built_echo("IVNET_ECHO_ELF", "echo")
+
+
+@pytest.fixture(scope="session")
+def cell_elf() -> Path:
+    """The echo sample as a network cell (two links, fw_cfg configuration, MCUmgr)."""
+    return built_echo("IVNET_CELL_ELF", "cell", "-S ivnet -S ivnet-cell")
 
 
 @pytest.fixture

@@ -20,12 +20,9 @@ processes as they were. A second test checks that a failure half-way through `up
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "pylib"))
@@ -69,15 +66,6 @@ services = [4242]
     if n >= 3:
         t.append('[[link]]\nends = ["c2", "c3"]\nsubnet = "10.78.0.0/30"\n')
     return "\n".join(t)
-
-
-@pytest.fixture(scope="module")
-def cell_elf() -> Path:
-    elf = Path(os.environ.get("IVNET_CELL_ELF", ROOT / "build" / "cell" / "zephyr" / "zephyr.elf"))
-    if not elf.exists():
-        subprocess.run(["bash", "-c", f". {ROOT}/scripts/zephyr-env.sh && west build -b qemu_cortex_a53 "
-                        f"{ROOT}/samples/echo -d {ROOT}/build/cell -S ivnet -S ivnet-cell"], check=True)
-    return elf
 
 
 def make_net(work: Path) -> ivn.Network:
