@@ -7,6 +7,7 @@
 //! - [`client`]: what QEMU's device does on the other end of that socket;
 //! - [`link`]: one end of an ivshmem-net link (state machine and queues from `ivnet-core`);
 //! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
+//! - [`names`]: the rule for names that become device names and paths (bridges, networks);
 //! - [`size`]: parsing of sizes such as `1M` or `0x100000` for the command line;
 //! - [`bench`](mod@bench): `ivnet bench-core`, a microbenchmark of the protocol core over shared memory;
 //! - [`network`] and [`metrics`]: `ivnet up`/`down`/`status`/`inventory`, the supervisor of a
@@ -23,6 +24,7 @@ pub mod client;
 pub mod link;
 pub mod mapping;
 pub mod metrics;
+pub mod names;
 pub mod netcfg;
 pub mod network;
 pub mod nft;

@@ -203,24 +203,16 @@ fn check(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The state directory of a network named by its topology file or its bridge (or the only one).
+/// The state directory of a network named by its topology file or its bridge, else by
+/// `$IVNET_NETWORK`, else the only one; every name is checked before it becomes a path.
 fn network_paths(root: &std::path::Path, network: Option<&str>) -> Result<network::Paths, String> {
-    let name = match network {
-        Some(n) if n.ends_with(".toml") || std::path::Path::new(n).is_file() => {
-            let text = std::fs::read_to_string(n).map_err(|e| format!("{n}: {e}"))?;
-            let v: toml::Value = toml::from_str(&text).map_err(|e| format!("{n}: {e}"))?;
-            Some(
-                v.get("host")
-                    .and_then(|h| h.get("bridge"))
-                    .and_then(|b| b.as_str())
-                    .ok_or_else(|| format!("{n}: no [host] bridge"))?
-                    .to_string(),
-            )
-        }
-        Some(n) => Some(n.to_string()),
-        None => std::env::var("IVNET_NETWORK").ok(),
-    };
-    network::find(root, name.as_deref()).map_err(|e| e.to_string())
+    let env = std::env::var_os("IVNET_NETWORK")
+        .map(|v| {
+            v.into_string()
+                .map_err(|v| format!("IVNET_NETWORK {v:?} is not valid UTF-8"))
+        })
+        .transpose()?;
+    network::resolve(root, network, env.as_deref())
 }
 
 fn print_status(v: &serde_json::Value) {

@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::link::{Link, Stats};
+use crate::names::check_ifname;
 use crate::nft;
 use crate::observe::{Counts, LinkObserver};
 use crate::server::{Server, ServerConfig};
@@ -51,15 +52,17 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
 /// The MCUmgr (SMP over UDP) port of a cell.
 pub const MCUMGR_PORT: u16 = 1337;
 
-/// The state directory of the network whose bridge is `bridge`.
-pub fn state_dir(root: &Path, bridge: &str) -> PathBuf {
-    root.join(bridge)
-}
+/// A file in a state root that `ivnet` created: the root is removed with the last network
+/// only when it holds this mark (a state root the user made stays).
+const ROOT_MARK: &str = ".ivnet-root";
 
 /// What a supervisor created, written to `state.json` so that `down` can undo it even when
 /// the supervisor is gone.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Record {
+    /// The network (its bridge) this record belongs to. A state directory is only ever
+    /// removed when it holds a record naming its own network.
+    pub network: Option<String>,
     /// The supervisor's pid.
     pub supervisor: Option<u32>,
     /// Links (bridge and TAPs) created.
@@ -76,14 +79,48 @@ fn err(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }
 
-/// The files of one network's state directory.
+/// The files of one network's state directory, `<root>/<name>`.
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// The directory.
+    /// The state root (one directory per network).
+    pub root: PathBuf,
+    /// The network's name (its bridge), checked by [`check_ifname`].
+    pub name: String,
+    /// The directory: `root/name`.
     pub dir: PathBuf,
 }
 
 impl Paths {
+    /// The state directory of network `name` under `root`. `name` must pass
+    /// [`check_ifname`], so the directory is always directly under the root.
+    pub fn new(root: &Path, name: &str) -> io::Result<Paths> {
+        check_ifname("network", name).map_err(err)?;
+        if root.as_os_str().is_empty() {
+            return Err(err("the state root is an empty path"));
+        }
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        Ok(Paths {
+            dir: root.join(name),
+            root,
+            name: name.to_string(),
+        })
+    }
+
+    /// The paths of the state directory `dir` (its parent is the root, its name the network).
+    pub fn of_dir(dir: &Path) -> io::Result<Paths> {
+        let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            err(format!(
+                "{}: not a network's state directory",
+                dir.display()
+            ))
+        })?;
+        Paths::new(dir.parent().unwrap_or(Path::new("")), name)
+    }
+
     fn f(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -224,6 +261,7 @@ fn kill(child: &mut Child, grace: Duration) {
 impl Supervisor {
     /// A supervisor for `topo` with its state in `paths` (not started).
     pub fn new(topo: Topology, paths: Paths, metrics_addr: String) -> Supervisor {
+        let network = paths.name.clone();
         let cells = topo
             .cells
             .iter()
@@ -240,6 +278,7 @@ impl Supervisor {
             qemu: std::env::var("IVNET_QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
             stop: Arc::new(AtomicBool::new(false)),
             record: Record {
+                network: Some(network),
                 supervisor: Some(std::process::id()),
                 ..Record::default()
             },
@@ -647,6 +686,7 @@ impl Supervisor {
         // Undone: the record on disk must say so, or a later `down`/`up` would undo it again
         // (and could take a device of another network that reuses a name).
         self.record = Record {
+            network: Some(self.paths.name.clone()),
             supervisor: Some(std::process::id()),
             ..Record::default()
         };
@@ -1021,11 +1061,29 @@ fn live_supervisor(paths: &Paths) -> Option<u32> {
 pub struct NetworkLock(#[allow(dead_code)] fs::File);
 
 /// Locks the state root of `paths` (waits for another `up`/`down`). The lock is on the
-/// directory itself, so it leaves no file behind.
+/// directory itself. A root that does not exist yet is created with a mark saying so
+/// ([`ROOT_MARK`]), so that the last `down` removes it again.
 pub fn lock(paths: &Paths) -> io::Result<NetworkLock> {
     use std::os::fd::AsRawFd;
-    let root = paths.dir.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(root)?;
+    let root = &paths.root;
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(err(format!(
+                "state root {} exists and is not a directory",
+                root.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(root)
+                .map_err(|e| err(format!("state root {}: {e}", root.display())))?;
+            fs::write(
+                root.join(ROOT_MARK),
+                "made by ivnet; removed with its last network\n",
+            )?;
+        }
+        Err(e) => return Err(err(format!("state root {}: {e}", root.display()))),
+    }
     let f = fs::File::open(root)?;
     // SAFETY: flock on a file descriptor we own; released when the file is closed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -1034,18 +1092,81 @@ pub fn lock(paths: &Paths) -> io::Result<NetworkLock> {
     Ok(NetworkLock(f))
 }
 
-/// `ivnet down`: stops the network and removes everything it created, also when its
-/// supervisor died. Ok when nothing is running.
-pub fn down(paths: &Paths) -> io::Result<()> {
-    let _lock = lock(paths)?;
-    down_locked(paths)?;
-    // The state root too, when no other network uses it (as it was before the first `up`).
-    if let Some(root) = paths.dir.parent() {
+/// Removes the state root when `ivnet` made it and no network is left in it (its only entry
+/// is the mark). Called with the root locked.
+fn remove_root_if_unused(root: &Path) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    let names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+    if names.len() == 1 && names[0] == ROOT_MARK {
+        let _ = fs::remove_file(root.join(ROOT_MARK));
         let _ = fs::remove_dir(root);
     }
+}
+
+/// Whether the network's state directory exists and is its own: a real directory (not a
+/// symlink) directly under the state root, holding a record that names this network.
+/// `Ok(false)`: nothing is there. An error: something else is there, which ivnet leaves alone.
+pub fn owned(paths: &Paths) -> io::Result<bool> {
+    let meta = match fs::symlink_metadata(&paths.dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(err(format!("{}: {e}", paths.dir.display()))),
+    };
+    let not_ours = |why: String| {
+        err(format!(
+            "{} {why}: it is not the state directory of network {}, so ivnet leaves it alone",
+            paths.dir.display(),
+            paths.name
+        ))
+    };
+    if meta.file_type().is_symlink() {
+        return Err(not_ours("is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(not_ours("is not a directory".into()));
+    }
+    match fs::symlink_metadata(paths.record()) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(not_ours(
+                "has a state.json that is not a regular file".into(),
+            ))
+        }
+        Err(_) => return Err(not_ours("holds no ivnet record (state.json)".into())),
+    }
+    match read_record(paths) {
+        Ok(Some(r)) if r.network.as_deref() == Some(paths.name.as_str()) => Ok(true),
+        Ok(Some(r)) => Err(not_ours(format!(
+            "holds the record of {}",
+            r.network
+                .map(|n| format!("network {n:?}"))
+                .unwrap_or_else(|| "no named network".into())
+        ))),
+        Ok(None) => Err(not_ours("holds no ivnet record (state.json)".into())),
+        Err(e) => Err(not_ours(format!("has a record ivnet cannot read ({e})"))),
+    }
+}
+
+/// `ivnet down`: stops the network and removes everything it created, also when its
+/// supervisor died. Ok when the network is not up; an error, touching nothing, when its
+/// state directory is not its own (see [`owned`]).
+pub fn down(paths: &Paths) -> io::Result<()> {
+    let _lock = lock(paths)?;
+    if !owned(paths)? {
+        warn!(
+            "network {} is not up (nothing in {}): nothing to do",
+            paths.name,
+            paths.root.display()
+        );
+    } else {
+        down_locked(paths)?;
+    }
+    remove_root_if_unused(&paths.root);
     Ok(())
 }
 
+/// Takes the network down and removes its state directory; only on a directory that
+/// [`owned`] accepted.
 fn down_locked(paths: &Paths) -> io::Result<()> {
     if paths.control().exists() {
         match request(paths, "down", Duration::from_secs(60)) {
@@ -1071,10 +1192,11 @@ fn down_locked(paths: &Paths) -> io::Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    if let Some(r) = read_record(paths)? {
-        undo(&r, &paths.dir);
-    }
-    if paths.dir.exists() {
+    // Checked again right before removal: the directory must still be this network's.
+    if owned(paths)? {
+        if let Some(r) = read_record(paths)? {
+            undo(&r, &paths.dir);
+        }
         fs::remove_dir_all(&paths.dir)?;
     }
     Ok(())
@@ -1091,11 +1213,26 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         .canonicalize()?;
     let topo =
         Topology::parse(&text, &base).map_err(|e| err(format!("{}: {e}", file.display())))?;
-    let paths = Paths {
-        dir: state_dir(root, &topo.host.bridge),
-    };
+    let paths = Paths::new(root, &topo.host.bridge)?;
     let _lock = lock(&paths)?;
-    if running(&paths) {
+    let r = up_locked(&paths, &topo, &text, &base, metrics, exe);
+    if r.is_err() {
+        remove_root_if_unused(&paths.root);
+    }
+    r
+}
+
+fn up_locked(
+    paths: &Paths,
+    topo: &Topology,
+    text: &str,
+    base: &Path,
+    metrics: &str,
+    exe: &Path,
+) -> io::Result<Value> {
+    // Something in the way that is not this network's: refuse before touching anything.
+    let exists = owned(paths)?;
+    if exists && running(paths) {
         let old = fs::read_to_string(paths.topology()).unwrap_or_default();
         let old_base = fs::read_to_string(paths.base()).unwrap_or_default();
         if old != text || Path::new(old_base.trim()) != base {
@@ -1104,9 +1241,9 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
                 topo.host.bridge
             )));
         }
-        return request(&paths, "reconcile", Duration::from_secs(60));
+        return request(paths, "reconcile", Duration::from_secs(60));
     }
-    if let Some(pid) = live_supervisor(&paths) {
+    if let Some(pid) = live_supervisor(paths) {
         // Alive but not answering: never tear down a network because it was slow.
         return Err(err(format!(
             "network {}: its supervisor (pid {pid}) does not answer; try again, or `ivnet down` it",
@@ -1114,20 +1251,32 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         )));
     }
     // A leftover of a supervisor that died: clean it up first.
-    if paths.dir.exists() {
+    if exists {
         warn!(
             "{} is left from an earlier run: cleaning up",
             paths.dir.display()
         );
-        down_locked(&paths)?;
+        down_locked(paths)?;
     }
-    fs::create_dir_all(&paths.dir)?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        // The control socket and consoles are root's business.
-        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::DirBuilderExt;
+        // The control socket and consoles are root's business. `create`, not `create_all`:
+        // the directory is new, and ours.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&paths.dir)
+            .map_err(|e| err(format!("{}: {e}", paths.dir.display())))?;
     }
-    fs::write(paths.topology(), &text)?;
+    // The record first: from here on the directory is known as this network's.
+    let record = Record {
+        network: Some(paths.name.clone()),
+        ..Record::default()
+    };
+    fs::write(
+        paths.record(),
+        serde_json::to_string_pretty(&record).expect("serialisable"),
+    )?;
+    fs::write(paths.topology(), text)?;
     fs::write(paths.base(), base.display().to_string())?;
     let log = fs::File::create(paths.log())?;
     let mut child = Command::new(exe)
@@ -1146,7 +1295,7 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
         if let Some(st) = child.try_wait()? {
             let log = fs::read_to_string(paths.log()).unwrap_or_default();
             // Whatever it left (it may have died without tearing down) goes by its record.
-            down_locked(&paths)?;
+            down_locked(paths)?;
             // The supervisor's last words name the cause.
             let cause = log
                 .lines()
@@ -1157,13 +1306,13 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
                 "the network did not come up ({st}): {cause}; everything it created was removed"
             )));
         }
-        if let Ok(v) = request(&paths, "status", Duration::from_secs(5)) {
+        if let Ok(v) = request(paths, "status", Duration::from_secs(5)) {
             return Ok(v);
         }
         if Instant::now() > end {
             let _ = child.kill();
             let _ = child.wait();
-            down_locked(&paths)?;
+            down_locked(paths)?;
             return Err(err(
                 "the supervisor did not answer within 120 s; everything it created was removed",
             ));
@@ -1174,10 +1323,20 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
 
 /// `ivnet supervise`: the supervisor process (started by `up`).
 pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()> {
-    let paths = Paths { dir: dir.into() };
+    let paths = Paths::of_dir(dir)?;
+    if !owned(&paths)? {
+        return Err(err(format!("{}: no such network", dir.display())));
+    }
     let text = fs::read_to_string(paths.topology())?;
     let base = PathBuf::from(fs::read_to_string(paths.base())?.trim());
     let topo = Topology::parse(&text, &base).map_err(|e| err(e.to_string()))?;
+    if topo.host.bridge != paths.name {
+        return Err(err(format!(
+            "{}: the topology's bridge is {}",
+            dir.display(),
+            topo.host.bridge
+        )));
+    }
     let metrics_listener =
         TcpListener::bind(metrics).map_err(|e| err(format!("metrics endpoint {metrics}: {e}")))?;
     let mut sup = Supervisor::new(topo, paths.clone(), metrics.to_string());
@@ -1200,34 +1359,75 @@ pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()>
     Ok(())
 }
 
-/// Finds the state directory of `network`, or of the only network running under `root`.
-pub fn find(root: &Path, network: Option<&str>) -> io::Result<Paths> {
-    if let Some(n) = network {
-        return Ok(Paths {
-            dir: state_dir(root, n),
-        });
+/// The network a command names. `arg` is a topology file (the network is its bridge) or a
+/// network's name; without it, `env` (the value of `$IVNET_NETWORK`), else the only network
+/// under `root`. Every name is checked ([`check_ifname`]) before it becomes a path.
+pub fn resolve(root: &Path, arg: Option<&str>, env: Option<&str>) -> Result<Paths, String> {
+    let name = match (arg, env) {
+        (Some(a), _) if a.ends_with(".toml") || Path::new(a).is_file() => {
+            let text = fs::read_to_string(a).map_err(|e| format!("{a}: {e}"))?;
+            let v: toml::Value = toml::from_str(&text).map_err(|e| format!("{a}: {e}"))?;
+            let bridge = v
+                .get("host")
+                .and_then(|h| h.get("bridge"))
+                .and_then(|b| b.as_str())
+                .ok_or_else(|| format!("{a}: no [host] bridge"))?;
+            check_ifname("bridge", bridge).map_err(|e| format!("{a}: {e}"))?;
+            Some(bridge.to_string())
+        }
+        (Some(a), _) => {
+            check_ifname("network", a).map_err(|e| {
+                if Path::new(a).is_dir() {
+                    format!(
+                        "{e}; {a:?} is a directory: give a topology file (.toml) or a \
+                         network's bridge name"
+                    )
+                } else {
+                    e
+                }
+            })?;
+            Some(a.to_string())
+        }
+        (None, Some(e)) => {
+            check_ifname("IVNET_NETWORK", e)?;
+            Some(e.to_string())
+        }
+        (None, None) => None,
+    };
+    match name {
+        Some(n) => Paths::new(root, &n).map_err(|e| e.to_string()),
+        None => find(root).map_err(|e| e.to_string()),
     }
+}
+
+/// The only network running under `root`: its directory holds its own record or control
+/// socket (entries that are not valid network names are ignored).
+pub fn find(root: &Path) -> io::Result<Paths> {
     let mut found = Vec::new();
     if let Ok(rd) = fs::read_dir(root) {
         for e in rd.flatten() {
-            if e.path().join("control.sock").exists() || e.path().join("state.json").exists() {
-                found.push(e.path());
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(p) = Paths::new(root, &name) else {
+                continue;
+            };
+            if owned(&p).unwrap_or(false) {
+                found.push(p);
             }
         }
     }
     match found.len() {
-        1 => Ok(Paths {
-            dir: found.pop().unwrap(),
-        }),
+        1 => Ok(found.pop().expect("one")),
         0 => Err(err(format!(
             "no network is up (nothing in {})",
             root.display()
         ))),
         _ => Err(err(format!(
-            "several networks are up ({}): name one with --network",
+            "several networks are up ({}): name one",
             found
                 .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .map(|p| p.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),

@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::names::check_ifname;
+
 /// A problem in a topology file, with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyError {
@@ -294,13 +296,6 @@ fn is_aarch64_elf(path: &Path) -> bool {
         && u16::from_le_bytes([h[18], h[19]]) == 183 // EM_AARCH64
 }
 
-fn valid_ifname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() < 16
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
 /// Parses "a.b.c.d/p" with p in 8..=30 and no host bits.
 fn parse_subnet(s: &str) -> Result<Subnet, String> {
     let parsed = s
@@ -350,14 +345,9 @@ impl Topology {
 
         // Host.
         let h = &raw.host;
-        if !valid_ifname(h.bridge.get_ref()) {
-            return lines.err(
-                h.bridge.span(),
-                format!(
-                    "bridge name {:?} is not a valid interface name (1-15 characters)",
-                    h.bridge.get_ref()
-                ),
-            );
+        // The bridge names the network and its state directory: never a path.
+        if let Err(e) = check_ifname("bridge", h.bridge.get_ref()) {
+            return lines.err(h.bridge.span(), e);
         }
         let subnet = match parse_subnet(h.subnet.get_ref()) {
             Ok(sn) => sn,
@@ -405,11 +395,8 @@ impl Topology {
             None => None,
         };
         if let Some(u) = &h.uplink {
-            if !valid_ifname(u.get_ref()) {
-                return lines.err(
-                    u.span(),
-                    format!("uplink {:?} is not a valid interface name", u.get_ref()),
-                );
+            if let Err(e) = check_ifname("uplink", u.get_ref()) {
+                return lines.err(u.span(), e);
             }
         }
 
