@@ -6,7 +6,8 @@
 #           added from outside the Zephyr tree, runs the twister suite in QEMU, and the
 #           end-to-end tests (VM <-> host through TAP, VM <-> VM, host peer restart, iperf, and
 #           a 3-cell network from a topology file: `ivnet up`/`status`/`down`, DHCP, NAT,
-#           forwards, MCUmgr; IVNET_NET_CELLS=8 for the 8-cell acceptance run).
+#           forwards, MCUmgr; IVNET_NET_CELLS=8 for the 8-cell acceptance run), and the
+#           liveness test (a stuck peer on one link of a cell, the other link measured).
 # Needs root for namespaces/TAP. Set IVNET_SKIP_BOOTSTRAP=1 to skip the install step.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +44,9 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo"
   step "west build samples/echo as a network cell (-S ivnet -S ivnet-cell: two links, fw_cfg config, MCUmgr)" \
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell" -S ivnet -S ivnet-cell
+  step "west build the cell image with the liveness watchdog off (the liveness test's second case)" \
+    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell-nowd" -S ivnet -S ivnet-cell -- \
+      -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0
   step "drop-in: Zephyr's own samples/net/zperf with -S ivnet and EXTRA_ZEPHYR_MODULES" \
     west build -p auto -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/net/zperf" -d "$build/zperf-dropin" -S ivnet -- \
       -DEXTRA_ZEPHYR_MODULES="$here" -DEXTRA_CONF_FILE="$here/prj.conf" \
@@ -55,7 +59,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
     env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$build/zperf-dropin/zephyr/zephyr.elf" \
-      IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" \
+      IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
       "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"

@@ -95,7 +95,7 @@ fn main() {
         )
         .allowlist_function("k_poll|k_poll_event_init|k_poll_signal_(init|raise|reset)")
         .allowlist_function("k_sem_(init|give|take)")
-        .allowlist_function("k_sleep|k_yield")
+        .allowlist_function("k_sleep|k_yield|k_uptime_get")
         .allowlist_function("k_thread_(create|name_set)")
         .allowlist_function("k_spin_(lock|unlock)")
         .allowlist_function("k_(aligned_alloc|free)")

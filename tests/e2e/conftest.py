@@ -35,6 +35,14 @@ def cell_elf() -> Path:
     return built_echo("IVNET_CELL_ELF", "cell", "-S ivnet -S ivnet-cell")
 
 
+@pytest.fixture(scope="session")
+def cell_nowd_elf() -> Path:
+    """The cell image with the driver's liveness watchdog off (CONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0):
+    only the progress-aware send() protects the other link from a stuck peer."""
+    return built_echo("IVNET_CELL_NOWD_ELF", "cell-nowd",
+                      "-S ivnet -S ivnet-cell -- -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0")
+
+
 @pytest.fixture
 def work():
     w = h.Workdir("ivnet-e2e")

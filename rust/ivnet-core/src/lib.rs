@@ -7,6 +7,8 @@
 //! - [`geometry`]: where the virtqueue and the data area sit in an output section;
 //! - [`queue`]: the TX and RX split virtqueues with swapped used rings and event indices;
 //! - [`state`]: the RESET/INIT/READY/RUN link state machine as a pure function;
+//! - [`liveness`]: judging a peer that stays in RUN but stops completing frames;
+//! - [`ratelimit`]: one log message per interval for errors a peer can trigger;
 //! - [`cell`]: the configuration file the host hands a cell (MAC, addresses) through fw_cfg;
 //! - [`v1`]: the control page that lets the protocol run on upstream QEMU's ivshmem-doorbell.
 //!
@@ -34,7 +36,9 @@
 pub mod cell;
 pub mod error;
 pub mod geometry;
+pub mod liveness;
 pub mod queue;
+pub mod ratelimit;
 pub mod shm;
 pub mod state;
 #[cfg(any(test, feature = "test-utils"))]

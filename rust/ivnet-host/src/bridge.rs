@@ -1,27 +1,153 @@
 //! The host peer: one link bridged to a TAP device, frames moved directly between the TAP and
 //! the shared memory (the kernel reads from and writes into the ring slots; no bounce buffer).
+//!
+//! The peer is untrusted, so every round is bounded: at most [`ROUND`] frames each way before
+//! the loop looks at the server socket, the state doorbell and `stop` again. A peer that keeps
+//! frames published cannot starve TAP -> link traffic or shutdown; frames longer than the MTU
+//! allows are dropped and counted; warnings a peer can provoke are rate-limited.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::v1::{VECTOR_DATA, VECTOR_STATE};
 use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::client::drain_eventfd;
-use crate::link::Link;
+use crate::link::{millis, Link};
 use crate::tap::Tap;
 
 /// Largest frame moved (1500-byte MTU, Ethernet header, one VLAN tag).
 pub const MAX_FRAME: usize = 1518;
-/// Frames moved per direction before looking at the other direction.
+/// Frames moved per batch before publishing and ringing.
 const BUDGET: usize = 64;
+/// Frames moved per direction in one round of the loop.
+pub const ROUND: usize = 4 * BUDGET;
+
+/// Warnings about what the peer sent, at most one a second.
+#[derive(Debug)]
+pub struct Warnings {
+    rx: RateLimit,
+    tap: RateLimit,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Warnings {
+            rx: RateLimit::new(1000),
+            tap: RateLimit::new(1000),
+        }
+    }
+}
 
 /// Runs the bridge until `stop` is set, the server goes away, or an I/O error occurs.
 pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
     run_with(link, tap, stop, |_| {})
+}
+
+/// Moves up to [`ROUND`] frames from the link to the TAP. Frames longer than [`MAX_FRAME`],
+/// or that the TAP refuses, are dropped and counted. Returns whether more are waiting.
+pub fn link_to_tap(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> bool {
+    let (mut dropped, mut oversize) = (0u64, 0u64);
+    let mut more = false;
+    let mut moved = 0;
+    while moved < ROUND {
+        let (n, m) = link.receive(BUDGET, |r, f| {
+            if f.len > MAX_FRAME {
+                oversize += 1;
+                if let Some(s) = warn_.rx.check(millis()) {
+                    warn!(
+                        "TAP {}: dropping a {}-byte frame from the peer (MTU {MAX_FRAME}){}",
+                        tap.name(),
+                        f.len,
+                        suppressed(s)
+                    );
+                }
+                return;
+            }
+            match r.ptr_range(f.offset, f.len) {
+                // SAFETY: ptr_range checked the frame lies inside the peer's section, which
+                // stays mapped while the link lives.
+                Ok(p) => {
+                    if let Err(e) = unsafe { tap.write_raw(p, f.len) } {
+                        dropped += 1;
+                        if let Some(s) = warn_.tap.check(millis()) {
+                            warn!("TAP {} write: {e}{}", tap.name(), suppressed(s));
+                        }
+                    }
+                }
+                Err(e) => {
+                    dropped += 1;
+                    if let Some(s) = warn_.rx.check(millis()) {
+                        warn!("frame outside the section: {e:?}{}", suppressed(s));
+                    }
+                }
+            }
+        });
+        moved += n;
+        more = m;
+        if !m {
+            break;
+        }
+    }
+    link.stats.rx_dropped += dropped;
+    link.stats.rx_oversize += oversize;
+    more
+}
+
+/// Moves up to [`ROUND`] frames from the TAP to the link. Returns `(more, blocked)`: the TAP
+/// may have more, the ring is full (wait for a completion doorbell).
+pub fn tap_to_link(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> (bool, bool) {
+    let mut sent = 0;
+    let mut blocked = false;
+    let mut more = false;
+    while sent < ROUND {
+        let r = link.send_with(MAX_FRAME, |region, off| {
+            let p = region.ptr_range(off, MAX_FRAME).ok()?;
+            // SAFETY: reserve() gave a slot of MAX_FRAME bytes at `off`, inside our own
+            // section, which only we write.
+            match unsafe { tap.read_raw(p, MAX_FRAME) } {
+                Ok(Some(n)) if n > 0 => Some(n),
+                Ok(_) => None,
+                Err(e) => {
+                    if let Some(s) = warn_.tap.check(millis()) {
+                        warn!("TAP {} read: {e}{}", tap.name(), suppressed(s));
+                    }
+                    None
+                }
+            }
+        });
+        match r {
+            Ok(Some(_)) => {
+                sent += 1;
+                if sent % BUDGET == 0 {
+                    link.flush_tx();
+                }
+                more = sent == ROUND;
+            }
+            Ok(None) => {
+                if !link.tx_room(MAX_FRAME) && !link.wait_tx_room(MAX_FRAME) {
+                    blocked = true;
+                }
+                more = false;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    link.flush_tx();
+    (more, blocked)
+}
+
+fn suppressed(n: u32) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more like it suppressed)")
+    }
 }
 
 /// As [`run`], calling `tick` with the link about every 100 ms (to publish its counters).
@@ -35,6 +161,9 @@ pub fn run_with(
     let mut last_tick = Instant::now();
     let mut tx_blocked = false;
     let mut last_report = Instant::now();
+    let mut warnings = Warnings::default();
+    // Work left over from the last round (a full round each way): poll without waiting.
+    let mut busy = false;
     while !stop.load(Ordering::Relaxed) {
         if last_tick.elapsed().as_millis() >= 100 {
             last_tick = Instant::now();
@@ -56,7 +185,8 @@ pub fn run_with(
                 PollFd::new(data, PollFlags::POLLIN),
                 PollFd::new(tap.as_fd(), tap_flags),
             ];
-            match poll(&mut fds, PollTimeout::from(200u16)) {
+            let timeout = if busy { 0u16 } else { 200 };
+            match poll(&mut fds, PollTimeout::from(timeout)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -78,70 +208,23 @@ pub fn run_with(
         }
         if !link.running() {
             tx_blocked = false;
+            busy = false;
             continue;
         }
-        // Shared memory -> TAP.
-        let mut dropped = 0;
-        loop {
-            let (_, more) = link.receive(BUDGET, |r, f| {
-                match r.ptr_range(f.offset, f.len) {
-                    // SAFETY: ptr_range checked the frame lies inside the peer's section.
-                    Ok(p) => {
-                        if let Err(e) = unsafe { tap.write_raw(p, f.len) } {
-                            dropped += 1;
-                            warn!("TAP {} write: {e}", tap.name());
-                        }
-                    }
-                    Err(e) => {
-                        dropped += 1;
-                        warn!("frame outside section: {e:?}");
-                    }
-                }
-            });
-            if !more {
-                break;
-            }
-        }
-        link.stats.rx_dropped += dropped;
-        // TAP -> shared memory.
+        // Shared memory -> TAP, one bounded round.
+        let rx_more = link_to_tap(link, tap, &mut warnings);
+        // TAP -> shared memory, one bounded round.
         let _ = link.reclaim();
         if tx_blocked && link.tx_room(MAX_FRAME) {
             tx_blocked = false;
         }
-        if !tx_blocked && (tap_ev || data_ev) {
-            let mut sent = 0;
-            loop {
-                let r = link.send_with(MAX_FRAME, |region, off| {
-                    let p = region.ptr_range(off, MAX_FRAME).ok()?;
-                    // SAFETY: reserve() gave a slot of MAX_FRAME bytes at `off`, inside our
-                    // own section, which only we write.
-                    match unsafe { tap.read_raw(p, MAX_FRAME) } {
-                        Ok(Some(n)) if n > 0 => Some(n),
-                        Ok(_) => None,
-                        Err(e) => {
-                            warn!("TAP {} read: {e}", tap.name());
-                            None
-                        }
-                    }
-                });
-                match r {
-                    Ok(Some(_)) => {
-                        sent += 1;
-                        if sent % BUDGET == 0 {
-                            link.flush_tx();
-                        }
-                    }
-                    Ok(None) => {
-                        if !link.tx_room(MAX_FRAME) && !link.wait_tx_room(MAX_FRAME) {
-                            tx_blocked = true;
-                        }
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            link.flush_tx();
+        let mut tx_more = false;
+        if !tx_blocked && (tap_ev || data_ev || busy) {
+            let (more, blocked) = tap_to_link(link, tap, &mut warnings);
+            tx_more = more;
+            tx_blocked = blocked;
         }
+        busy = rx_more || tx_more;
         if last_report.elapsed().as_secs() >= 60 {
             last_report = Instant::now();
             info!("stats: {:?}", link.stats);

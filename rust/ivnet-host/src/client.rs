@@ -7,9 +7,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use log::debug;
+use log::{debug, warn};
 
-use crate::mapping::{fd_size, Mapping};
+use crate::mapping::{fd_size, sealed_against_shrinking, Mapping};
 use crate::proto::{recv_msg, PROTOCOL_VERSION};
 
 /// What the server said after setup.
@@ -70,6 +70,14 @@ impl Client {
             _ => return Err(bad("expected the shared memory fd")),
         };
         let size = fd_size(&shm)?;
+        if !sealed_against_shrinking(&shm) {
+            // Another server's memory (QEMU's ivshmem-server does not seal): a peer that
+            // shrank it would crash us with SIGBUS. Ours always seals it.
+            warn!(
+                "shared memory from {} is not sealed against shrinking",
+                path.display()
+            );
+        }
         let map = Mapping::new(&shm, size)?;
         let mut c = Client {
             stream,

@@ -5,6 +5,8 @@
 //! - [`server`]: an ivshmem server for QEMU's `ivshmem-doorbell` that keeps the v1 link's
 //!   slot-owner table (ids only grow; a departed peer's slot is zeroed and the survivor rung);
 //! - [`client`]: what QEMU's device does on the other end of that socket;
+//! - [`hostile`]: a hostile peer for tests (`ivnet-hostile`): honest, then an attack, then
+//!   honest again;
 //! - [`link`]: one end of an ivshmem-net link (state machine and queues from `ivnet-core`);
 //! - [`tap`] and [`bridge`]: a Linux TAP device and the loop that joins it to a link;
 //! - [`names`]: the rule for names that become device names and paths (bridges, networks);
@@ -21,6 +23,7 @@
 pub mod bench;
 pub mod bridge;
 pub mod client;
+pub mod hostile;
 pub mod link;
 pub mod mapping;
 pub mod metrics;

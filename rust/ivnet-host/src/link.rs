@@ -7,6 +7,7 @@
 use std::io;
 
 use ivnet_core::queue::{Queues, RxFrame, MIN_FRAME};
+use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::shm::Region;
 use ivnet_core::state::{settle, LinkState, Transition};
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
@@ -41,6 +42,16 @@ pub struct Stats {
     pub rx_dropped: u64,
     /// Link state changes (RESET/INIT/READY/RUN).
     pub state_changes: u64,
+    /// Frames from the peer longer than the MTU allows, dropped.
+    pub rx_oversize: u64,
+}
+
+/// Milliseconds of a monotonic clock (for rate limits and liveness).
+pub fn millis() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// One end of a link.
@@ -56,6 +67,8 @@ pub struct Link {
     /// announced itself in the owner table before the server's message with its eventfds
     /// reached us. Delivered when they arrive.
     pending_rings: u32,
+    /// Protocol errors are logged at most once a second (a peer can provoke them).
+    errors: RateLimit,
     /// Counters.
     pub stats: Stats,
 }
@@ -94,6 +107,7 @@ impl Link {
             up: true,
             carrier: false,
             pending_rings: 0,
+            errors: RateLimit::new(1000),
             stats: Stats::default(),
         };
         link.publish_state(LinkState::Reset);
@@ -214,7 +228,14 @@ impl Link {
 
     /// The peer broke the protocol: log it, drop the carrier and start over from RESET.
     pub fn protocol_reset(&mut self, e: ProtocolError) {
-        error!("link: peer protocol error, resetting the link: {e}");
+        if let Some(n) = self.errors.check(millis()) {
+            let more = if n > 0 {
+                format!(" ({n} more since the last one logged)")
+            } else {
+                String::new()
+            };
+            error!("link: peer protocol error, resetting the link: {e}{more}");
+        }
         self.stats.protocol_resets += 1;
         self.state = LinkState::Reset;
         self.publish_state(LinkState::Reset);

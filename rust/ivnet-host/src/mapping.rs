@@ -64,13 +64,38 @@ impl Drop for Mapping {
     }
 }
 
-/// Creates an anonymous memfd of `len` bytes (zero-filled).
+/// Creates an anonymous memfd of `len` bytes (zero-filled), sealed against shrinking and
+/// growing (and against removing the seals). Every peer maps this memory; without the seal, a
+/// peer (a QEMU, a host peer) could `ftruncate` it and every other process that maps it would
+/// get SIGBUS at its next access beyond the new end, the supervisor included.
 pub fn memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC)?;
+    let fd = memfd_create(
+        &cname,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
     nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
     Ok(fd)
+}
+
+/// Whether the file behind `fd` is sealed against shrinking (a memfd from an ivnet server is;
+/// other servers' memory may not be).
+pub fn sealed_against_shrinking(fd: &impl AsFd) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+        FcntlArg::F_GET_SEALS,
+    )
+    .map(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK))
+    .unwrap_or(false)
 }
 
 /// Size of the file behind `fd`.

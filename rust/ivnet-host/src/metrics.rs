@@ -20,7 +20,7 @@ const LINK_COUNTERS: &[LinkCounter] = &[
     (
         "ivnet_link_drops_total",
         "rx_dropped",
-        "Frames dropped: received but not delivered to the TAP, or runts not sent.",
+        "Frames dropped: received but not delivered to the TAP, longer than the MTU, or runts not sent.",
         &[("reason", "tap")],
     ),
     (
@@ -28,6 +28,12 @@ const LINK_COUNTERS: &[LinkCounter] = &[
         "runts_dropped",
         "",
         &[("reason", "runt")],
+    ),
+    (
+        "ivnet_link_drops_total",
+        "rx_oversize",
+        "",
+        &[("reason", "oversize")],
     ),
     (
         "ivnet_link_ring_full_total",

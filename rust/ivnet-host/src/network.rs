@@ -791,7 +791,8 @@ impl Supervisor {
                 v["counters"] = json!({
                     "tx_frames": s.tx_frames, "rx_frames": s.rx_frames,
                     "tx_bytes": s.tx_bytes, "rx_bytes": s.rx_bytes,
-                    "rx_dropped": s.rx_dropped, "runts_dropped": s.runts_dropped,
+                    "rx_dropped": s.rx_dropped, "rx_oversize": s.rx_oversize,
+                    "runts_dropped": s.runts_dropped,
                     "ring_full": s.ring_full, "doorbells": s.doorbells,
                     "state_changes": s.state_changes, "carrier_ups": s.carrier_ups,
                     "protocol_resets": s.protocol_resets,

@@ -8,6 +8,9 @@
 //!   rings the other slot's owner on vector 0; on leave it zeroes the slot's owner and state
 //!   and rings the survivor on vector 0.
 //! - A third peer on a two-slot link is refused (its connection is closed at once).
+//! - Peers are never waited for: their sockets are non-blocking, and a peer whose socket does
+//!   not take a message (it stopped reading and its buffer is full) is dropped like one that
+//!   left. The shared memory is sealed against resizing (see [`crate::mapping::memfd`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -210,8 +213,19 @@ impl Server {
     }
 
     fn add_peer(&mut self, stream: UnixStream) {
+        // Never block on a peer: a full socket buffer is a peer that stopped reading.
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!("new peer: {e}");
+            return;
+        }
         let v1 = self.v1();
-        let Some(slot) = (0..SLOTS).find(|s| !self.peers.iter().any(|p| p.slot == *s)) else {
+        let free = |peers: &[Peer]| (0..SLOTS).find(|s| !peers.iter().any(|p| p.slot == *s));
+        if free(&self.peers).is_none() {
+            // A peer that left a moment ago (a QEMU restarting) may not have been noticed yet:
+            // look before refusing the newcomer.
+            self.remove_departed();
+        }
+        let Some(slot) = free(&self.peers) else {
             warn!(
                 "refusing a third peer: this link has {SLOTS} slots, both taken (ids {:?})",
                 self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
@@ -280,6 +294,29 @@ impl Server {
             send_msg(s, peer.id as i64, Some(v.as_fd()))?;
         }
         Ok(())
+    }
+
+    /// Removes the peers whose connection is readable (closed, or sent something a client
+    /// never sends), without waiting.
+    fn remove_departed(&mut self) {
+        let gone: Vec<u32> = {
+            let mut fds: Vec<PollFd> = self
+                .peers
+                .iter()
+                .map(|p| PollFd::new(p.stream.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if poll(&mut fds, PollTimeout::ZERO).is_err() {
+                return;
+            }
+            fds.iter()
+                .zip(&self.peers)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, p)| p.id)
+                .collect()
+        };
+        for id in gone {
+            self.remove_peer(id);
+        }
     }
 
     fn remove_peer(&mut self, id: u32) {

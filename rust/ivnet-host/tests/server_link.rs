@@ -157,3 +157,62 @@ fn bad_settings_are_named() {
     let e = Client::connect(&dir.0.join("nobody"), 2).err().unwrap();
     assert!(e.to_string().contains("cannot connect"), "{e}");
 }
+
+#[test]
+fn a_peer_cannot_resize_the_shared_memory() {
+    use ivnet_host::proto::recv_msg;
+    let s = start("seal", 1 << 20);
+    let raw = std::os::unix::net::UnixStream::connect(&s.path).unwrap();
+    let (version, _) = recv_msg(raw.as_fd()).unwrap().unwrap();
+    assert_eq!(version, 0);
+    let _id = recv_msg(raw.as_fd()).unwrap().unwrap();
+    let (minus1, shm) = recv_msg(raw.as_fd()).unwrap().unwrap();
+    assert_eq!(minus1, -1);
+    let shm = shm.expect("the shared memory fd");
+    for len in [0, 4096, 2 << 20] {
+        let e = nix::unistd::ftruncate(&shm, len).expect_err("resizing must be refused");
+        assert_eq!(e, nix::errno::Errno::EPERM, "ftruncate to {len}");
+    }
+    assert_eq!(ivnet_host::mapping::fd_size(&shm).unwrap(), 1 << 20);
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_not_waited_for() {
+    // Peer A connects and never reads; the other slot churns. Every join and departure sends
+    // A a message, so A's socket buffer fills. The server must drop A rather than block on it,
+    // and keep serving: every newcomer gets through its setup in time. (A server that blocked
+    // would hang the churn thread, so the test waits for it with a deadline.)
+    let s = start("deaf", 1 << 20);
+    let deaf = std::os::unix::net::UnixStream::connect(&s.path).unwrap();
+    let path = s.path.clone();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut cycles = 0;
+        while cycles < 2000 {
+            drop(Client::connect(&path, 2).unwrap());
+            cycles += 1;
+            // Once A is gone, a newcomer is alone: no other peer is announced to it.
+            if cycles > 50 && Client::connect(&path, 2).unwrap().peer_ids().is_empty() {
+                break;
+            }
+        }
+        let _ = done.send((cycles, t0.elapsed()));
+    });
+    let (cycles, took) = result
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server blocked on the peer that stopped reading");
+    assert!(cycles < 2000, "the deaf peer was never dropped");
+    println!("deaf peer dropped after {cycles} join/leave cycles, {took:?}");
+    // A sees the end of its stream once it reads what the server managed to send.
+    deaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut n = 0;
+    loop {
+        match ivnet_host::proto::recv_msg(deaf.as_fd()) {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => break,
+            Err(e) => panic!("after {n} messages: {e}"),
+        }
+    }
+    assert!(n > 10, "{n}");
+}

@@ -11,7 +11,9 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use critical_section::Mutex;
+use ivnet_core::liveness::Progress;
 use ivnet_core::queue::{Queues, RxFrame};
+use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::shm::Region;
 use ivnet_core::state::{settle, LinkState};
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
@@ -50,6 +52,9 @@ pub struct Stats {
     pub state_changes: u32,
     /// Link resets because the peer broke the protocol.
     pub protocol_resets: u32,
+    /// Link resets because the peer stayed in RUN but completed nothing for
+    /// CONFIG_ETH_IVNET_PEER_TIMEOUT_MS with frames in flight (a hung or hostile peer).
+    pub peer_stalls: u32,
 }
 
 #[cfg(ivnet_stats)]
@@ -120,6 +125,15 @@ struct Link {
     generation: u32,
     /// send() is waiting for ring space.
     tx_waiting: bool,
+    /// When the peer last completed a frame of ours (see ivnet_core::liveness).
+    progress: Progress,
+    /// The link was reset where its effects could not be applied (send()): the link thread
+    /// turns the carrier off at its next round.
+    reset_pending: bool,
+    /// Devicetree instance (for log messages).
+    instance: i32,
+    /// Messages a peer can provoke: at most one a second.
+    errors: RateLimit,
     stats: Stats,
 }
 
@@ -167,6 +181,7 @@ impl Link {
         }
         if self.state == LinkState::Run && before != LinkState::Run {
             fx.entered_run = true;
+            self.progress.restart(now());
             let _ = self.queues.rx.enable_notify();
         }
         self.stats.state_changes = self.stats.state_changes.wrapping_add(transitions);
@@ -176,14 +191,54 @@ impl Link {
         fx
     }
 
+    /// Frees what the peer completed and records its progress; false (and the link reset)
+    /// when the completions break the protocol.
+    fn reclaim(&mut self) -> Result<(), Effects> {
+        match self.queues.tx.reclaim() {
+            Ok(n) => {
+                let in_flight = self.queues.tx.in_flight();
+                self.progress.note(now(), n, in_flight);
+                Ok(())
+            }
+            Err(e) => Err(self.protocol_reset(e)),
+        }
+    }
+
+    /// The peer stays in RUN but has completed nothing for the timeout with frames in
+    /// flight: reset the link (carrier off, our state RESET). The ring is freed at the next
+    /// handshake, which a peer that comes back starts by seeing our RESET.
+    fn stall_reset(&mut self) -> Effects {
+        if let Some(n) = self.errors.check(now()) {
+            wrn!(
+                "ivnet{}: peer completed none of {} frames in flight for {} ms: resetting the link{}",
+                self.instance,
+                self.queues.tx.in_flight(),
+                sys::IVNET_PEER_TIMEOUT_MS,
+                Suppressed(n)
+            );
+        }
+        self.stats.peer_stalls += 1;
+        self.reset_to(LinkState::Reset)
+    }
+
     fn protocol_reset(&mut self, e: ProtocolError) -> Effects {
-        err!(
-            "peer broke the ivshmem-net protocol, resetting the link: {}",
-            e
-        );
+        if let Some(n) = self.errors.check(now()) {
+            err!(
+                "ivnet{}: peer broke the ivshmem-net protocol, resetting the link: {}{}",
+                self.instance,
+                e,
+                Suppressed(n)
+            );
+        }
         self.stats.protocol_resets += 1;
-        self.state = LinkState::Reset;
-        let _ = self.t.set_state(LinkState::Reset);
+        self.reset_to(LinkState::Reset)
+    }
+
+    fn reset_to(&mut self, s: LinkState) -> Effects {
+        self.state = s;
+        let _ = self.t.set_state(s);
+        self.tx_waiting = false;
+        self.reset_pending = true;
         Effects {
             ring_state: self.t.rings_on_state_change(),
             carrier: Some(false),
@@ -464,6 +519,10 @@ pub unsafe fn init(dev: *const device) -> c_int {
             up: false,
             generation: 0,
             tx_waiting: false,
+            progress: Progress::new(sys::IVNET_TX_WAIT_MS, sys::IVNET_PEER_TIMEOUT_MS),
+            reset_pending: false,
+            instance: cfg.instance,
+            errors: RateLimit::new(1000),
             stats: Stats::default(),
         })),
         mac: mac_for(cfg, id),
@@ -581,7 +640,23 @@ impl Driver {
         let (fx, peer, running) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
             self.publish(&mut l);
-            let fx = l.update();
+            let pending = core::mem::take(&mut l.reset_pending);
+            let mut fx = l.update();
+            if pending && fx.carrier.is_none() {
+                // A reset in send(): its effects are applied here.
+                fx.carrier = Some(false);
+                fx.ring_state |= l.t.rings_on_state_change();
+            }
+            if l.state == LinkState::Run && l.queues.tx.in_flight() > 0 {
+                // Liveness: is the peer still completing what we sent?
+                match l.reclaim() {
+                    Ok(()) if l.progress.stuck(now(), l.queues.tx.in_flight()) => {
+                        fx = l.stall_reset();
+                    }
+                    Ok(()) => {}
+                    Err(reset) => fx = reset,
+                }
+            }
             (fx, l.peer_id(), l.state == LinkState::Run)
         });
         let entered = fx.entered_run;
@@ -598,6 +673,18 @@ impl Driver {
         r
     }
 
+    /// How long the link thread may sleep before it must look at the peer's progress: set
+    /// while frames are in flight on a running link.
+    fn liveness_timeout(&self) -> Option<u32> {
+        critical_section::with(|cs| {
+            let l = self.link.borrow_ref(cs);
+            if l.state != LinkState::Run {
+                return None;
+            }
+            l.progress.next_check(now(), l.queues.tx.in_flight())
+        })
+    }
+
     fn wake_sender(&self) {
         let wake = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
@@ -605,9 +692,8 @@ impl Driver {
                 return false;
             }
             if l.state == LinkState::Run {
-                if let Err(e) = l.queues.tx.reclaim() {
-                    let _ = l.protocol_reset(e);
-                }
+                // A protocol error resets the link; the woken sender then sees it down.
+                let _ = l.reclaim();
             }
             true
         });
@@ -721,11 +807,15 @@ impl Driver {
     /// Copies one frame out of shared memory into a fresh net_pkt, or says why not.
     fn to_pkt(&self, iface: *mut net_if, f: RxFrame, src: *mut u8) -> Rx {
         if f.len > max_frame() {
-            wrn!(
-                "ivnet{}: dropping a {}-byte frame (MTU 1500)",
-                self.cfg.instance,
-                f.len
-            );
+            let log = critical_section::with(|cs| self.link.borrow_ref_mut(cs).errors.check(now()));
+            if let Some(n) = log {
+                wrn!(
+                    "ivnet{}: dropping a {}-byte frame (MTU 1500){}",
+                    self.cfg.instance,
+                    f.len,
+                    Suppressed(n)
+                );
+            }
             return Rx::Drop;
         }
         // First without waiting (no clock read per packet). When the pools are empty, wait in
@@ -765,78 +855,81 @@ impl Driver {
         }
     }
 
-    /// send(): copies the frame into a ring slot, waiting for room (back-pressure) up to
-    /// CONFIG_ETH_IVNET_TX_WAIT_MS.
+    /// send(): copies the frame into a ring slot.
+    ///
+    /// When the ring is full it waits for room (back-pressure) only while the peer keeps
+    /// completing frames: at most CONFIG_ETH_IVNET_TX_WAIT_MS after the peer's last
+    /// completion. This runs on the stack's TX thread, which every interface shares: a peer
+    /// that stopped costs it one such wait, later frames for that peer are dropped at once,
+    /// and the link thread resets the link after CONFIG_ETH_IVNET_PEER_TIMEOUT_MS.
     fn send(&self, pkt: *mut net_pkt) -> c_int {
         // SAFETY: pkt is valid for the call (the stack owns it).
         let len = unsafe { sys::net_pkt_get_len(pkt) };
         if len < ivnet_core::queue::MIN_FRAME as usize || len > max_frame() {
             return -(sys::EMSGSIZE as c_int);
         }
-        let wait_ms = sys::IVNET_TX_WAIT_MS;
-        let mut waited = 0u32;
         loop {
             let r = critical_section::with(|cs| {
                 let mut l = self.link.borrow_ref_mut(cs);
                 let peer = l.peer_id();
                 if l.state != LinkState::Run {
-                    return Err(-(sys::ENETDOWN as c_int));
+                    return Tx::Fail(-(sys::ENETDOWN as c_int));
                 }
-                if let Err(e) = l.queues.tx.reclaim() {
-                    let _ = l.protocol_reset(e);
-                    return Err(-(sys::EIO as c_int));
+                if l.reclaim().is_err() {
+                    return Tx::Fail(-(sys::EIO as c_int));
                 }
                 let Some(slot) = l.queues.tx.reserve(len) else {
+                    let left = l.progress.wait_left(now());
+                    if left == 0 {
+                        // The peer completed nothing lately: drop rather than hold up the
+                        // TX thread (and every other interface behind it).
+                        l.tx_waiting = false;
+                        l.stats.tx_dropped += 1;
+                        return Tx::Fail(-(sys::ENOBUFS as c_int));
+                    }
                     l.tx_waiting = true;
+                    l.stats.tx_waits += 1;
                     let _ = l.queues.tx.request_completion_notify();
-                    return Ok(None);
+                    return Tx::Wait(left);
                 };
                 let Ok(dst) = l.queues.tx.region().ptr_range(slot.offset, len) else {
-                    return Err(-(sys::EIO as c_int));
+                    return Tx::Fail(-(sys::EIO as c_int));
                 };
                 // SAFETY: dst is a checked range of `len` bytes in our own section, reserved
                 // for this frame; pkt holds `len` bytes.
                 if !unsafe { read_pkt(pkt, dst, len) } {
-                    return Err(-(sys::EIO as c_int));
+                    return Tx::Fail(-(sys::EIO as c_int));
                 }
                 if let Err(e) = l.queues.tx.push(slot) {
                     let _ = l.protocol_reset(e);
-                    return Err(-(sys::EIO as c_int));
+                    return Tx::Fail(-(sys::EIO as c_int));
                 }
                 l.tx_waiting = false;
                 l.stats.tx_frames += 1;
                 l.stats.tx_bytes = l.stats.tx_bytes.wrapping_add(len as u32);
                 self.publish(&mut l);
                 match l.queues.tx.publish() {
-                    Ok(ring) => Ok(Some(if ring { peer } else { None })),
+                    Ok(ring) => Tx::Sent(if ring { peer } else { None }),
                     Err(e) => {
                         let _ = l.protocol_reset(e);
-                        Err(-(sys::EIO as c_int))
+                        Tx::Fail(-(sys::EIO as c_int))
                     }
                 }
             });
             match r {
-                Ok(Some(peer)) => {
+                Tx::Sent(peer) => {
                     self.ring(peer, self.data_vector);
                     return 0;
                 }
-                Ok(None) => {
-                    if waited >= wait_ms {
-                        critical_section::with(|cs| {
-                            let mut l = self.link.borrow_ref_mut(cs);
-                            l.tx_waiting = false;
-                            l.stats.tx_dropped += 1;
-                        });
-                        return -(sys::ENOBUFS as c_int);
-                    }
-                    critical_section::with(|cs| self.link.borrow_ref_mut(cs).stats.tx_waits += 1);
-                    // The link thread gives the semaphore after the peer's completion doorbell.
+                Tx::Wait(left) => {
+                    // The link thread gives the semaphore after the peer's completion
+                    // doorbell; look again at least every 10 ms.
                     // SAFETY: initialised in init.
-                    unsafe { sys::k_sem_take(self.tx_room.get(), sys::msec(10)) };
-                    waited += 10;
+                    unsafe { sys::k_sem_take(self.tx_room.get(), sys::msec(left.min(10))) };
                 }
-                Err(e) => {
+                Tx::Fail(e) => {
                     if e == -(sys::EIO as c_int) {
+                        // The link was reset: the link thread turns the carrier off.
                         self.raise();
                     }
                     return e;
@@ -844,6 +937,36 @@ impl Driver {
             }
         }
     }
+}
+
+/// What one attempt of send() came to.
+enum Tx {
+    /// Queued; ring this peer (if any).
+    Sent(Option<u32>),
+    /// The ring is full and the peer is making progress: wait up to this many ms.
+    Wait(u32),
+    /// Give up with this error.
+    Fail(c_int),
+}
+
+/// " (N more suppressed)" after a rate-limited message, when N > 0.
+struct Suppressed(u32);
+
+impl core::fmt::Display for Suppressed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0 > 0 {
+            write!(f, " ({} more suppressed)", self.0)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Milliseconds since boot (the liveness clock).
+fn now() -> u64 {
+    // SAFETY: reads the system uptime; callable from any thread.
+    let t = unsafe { sys::k_uptime_get() };
+    t.max(0) as u64
 }
 
 /// Most padding `write_pkt` puts in front of a received frame.
@@ -961,13 +1084,17 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
         if !more {
             // While the link is down, look again every 100 ms (a doorbell rung before the
             // ringer knew our vectors is lost). While it runs, doorbells are reliable and any
-            // change of the peer's state rings us: wait without a timeout, so that no timer is
-            // armed and cancelled on every wake-up.
+            // change of the peer's state rings us: wait without a timeout (no timer armed and
+            // cancelled on every wake-up), unless frames are in flight.
+            // Frames in flight: wake up in time to judge the peer's progress.
             let running = d.carrier.load(Ordering::Relaxed) != 0;
-            let t = if running {
-                sys::FOREVER
-            } else {
+            let t = if !running {
                 sys::msec(100)
+            } else {
+                match d.liveness_timeout() {
+                    Some(ms) => sys::msec(ms.max(1)),
+                    None => sys::FOREVER,
+                }
             };
             // SAFETY: ev is initialised and refers to our signal.
             unsafe { sys::k_poll(&mut ev, 1, t) };

@@ -43,6 +43,7 @@ static NAMES: NameMap = NameMap([
     entry!(doorbells),
     entry!(state_changes),
     entry!(protocol_resets),
+    entry!(peer_stalls),
 ]);
 
 const GROUP_NAMES: [&core::ffi::CStr; 4] = [c"ivnet0", c"ivnet1", c"ivnet2", c"ivnet3"];
@@ -121,6 +122,7 @@ impl Stats {
             self.doorbells,
             self.state_changes,
             self.protocol_resets,
+            self.peer_stalls,
         ]
     }
 }
