@@ -78,9 +78,9 @@ pub trait SlotTable: AsRef<[u32]> + AsMut<[u32]> {}
 impl<T: AsRef<[u32]> + AsMut<[u32]>> SlotTable for T {}
 
 /// Our transmit queue: descriptors and avail ring in our section, the peer's used ring.
-pub struct TxQueue<S> {
-    own: Region,
-    peer: Region,
+pub struct TxQueue<'a, S> {
+    own: Region<'a>,
+    peer: Region<'a>,
     g: Geometry,
     /// Frames added (next avail index to publish).
     added: Wrapping<u16>,
@@ -96,8 +96,8 @@ pub struct TxQueue<S> {
     slot_start: S,
 }
 
-impl<S: SlotTable> TxQueue<S> {
-    fn new(own: Region, peer: Region, g: Geometry, slot_start: S) -> Self {
+impl<'a, S: SlotTable> TxQueue<'a, S> {
+    fn new(own: Region<'a>, peer: Region<'a>, g: Geometry, slot_start: S) -> Self {
         TxQueue {
             own,
             peer,
@@ -198,7 +198,7 @@ impl<S: SlotTable> TxQueue<S> {
 
     /// The shared memory of our section, to copy a reserved frame into
     /// (`slot.offset .. slot.offset + slot.len`).
-    pub fn region(&self) -> &Region {
+    pub fn region(&self) -> &Region<'a> {
         &self.own
     }
 
@@ -262,17 +262,17 @@ impl<S: SlotTable> TxQueue<S> {
 }
 
 /// Our receive queue: the peer's descriptors and avail ring, our used ring.
-pub struct RxQueue {
-    own: Region,
-    peer: Region,
+pub struct RxQueue<'a> {
+    own: Region<'a>,
+    peer: Region<'a>,
     g: Geometry,
     last_avail: Wrapping<u16>,
     used: Wrapping<u16>,
     published: Wrapping<u16>,
 }
 
-impl RxQueue {
-    fn new(own: Region, peer: Region, g: Geometry) -> Self {
+impl<'a> RxQueue<'a> {
+    fn new(own: Region<'a>, peer: Region<'a>, g: Geometry) -> Self {
         RxQueue {
             own,
             peer,
@@ -338,7 +338,7 @@ impl RxQueue {
 
     /// The peer's section, to copy a polled frame out of
     /// (`frame.offset .. frame.offset + frame.len`).
-    pub fn region(&self) -> &Region {
+    pub fn region(&self) -> &Region<'a> {
         &self.peer
     }
 
@@ -391,22 +391,22 @@ impl RxQueue {
 }
 
 /// Both queues of one link, over our output section and the peer's.
-pub struct Queues<S> {
+pub struct Queues<'a, S> {
     /// Frames we send.
-    pub tx: TxQueue<S>,
+    pub tx: TxQueue<'a, S>,
     /// Frames we receive.
-    pub rx: RxQueue,
-    own: Region,
+    pub rx: RxQueue<'a>,
+    own: Region<'a>,
     g: Geometry,
 }
 
-impl<S: SlotTable> Queues<S> {
+impl<'a, S: SlotTable> Queues<'a, S> {
     /// Builds the queues over two sections of equal size, with `slots` (at least
     /// [`Queues::slots_needed`] entries) for the transmit bookkeeping. Fails when the sections
     /// differ in size, cannot carry the protocol, or `slots` is too short.
     pub fn new(
-        own: Region,
-        peer: Region,
+        own: Region<'a>,
+        peer: Region<'a>,
         slots: S,
     ) -> Result<Self, crate::geometry::GeometryError> {
         let g = Geometry::for_section(own.len())?;
@@ -460,25 +460,28 @@ mod tests {
 
     const SEC: usize = 0x7f000;
 
-    struct Pair {
-        _a: TestMem,
-        _b: TestMem,
-        left: Queues<Vec<u32>>,
-        right: Queues<Vec<u32>>,
+    /// The two sections of a link.
+    struct Mems(TestMem, TestMem);
+
+    impl Mems {
+        fn new(size: usize) -> Mems {
+            Mems(TestMem::new(size), TestMem::new(size))
+        }
+
+        /// Both ends' queues over the sections, reset.
+        fn pair(&self) -> Pair<'_> {
+            let (a, b) = (&self.0, &self.1);
+            let mut left = Queues::new(a.region(), b.region(), vec![0; 4096]).unwrap();
+            let mut right = Queues::new(b.region(), a.region(), vec![0; 4096]).unwrap();
+            left.reset().unwrap();
+            right.reset().unwrap();
+            Pair { left, right }
+        }
     }
 
-    fn pair(size: usize) -> Pair {
-        let (a, b) = (TestMem::new(size), TestMem::new(size));
-        let mut left = Queues::new(a.region(), b.region(), vec![0; 4096]).unwrap();
-        let mut right = Queues::new(b.region(), a.region(), vec![0; 4096]).unwrap();
-        left.reset().unwrap();
-        right.reset().unwrap();
-        Pair {
-            _a: a,
-            _b: b,
-            left,
-            right,
-        }
+    struct Pair<'a> {
+        left: Queues<'a, Vec<u32>>,
+        right: Queues<'a, Vec<u32>>,
     }
 
     fn frame(n: usize, tag: u8) -> std::vec::Vec<u8> {
@@ -498,7 +501,8 @@ mod tests {
 
     #[test]
     fn frames_arrive_intact_and_in_order() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         for i in 0..10u8 {
             assert!(p.left.tx.send(&frame(60 + i as usize * 100, i)).unwrap());
         }
@@ -518,7 +522,8 @@ mod tests {
     fn indices_and_data_area_wrap_around() {
         // Small section: 64-entry queue, a data area of a few frames; push 200k frames of
         // varying size through it so both the u16 indices and the data area wrap many times.
-        let mut p = pair(0x4000);
+        let mems = Mems::new(0x4000);
+        let mut p = mems.pair();
         let mut buf = [0u8; 2048];
         let mut sent = 0u32;
         let mut got = 0u32;
@@ -551,7 +556,8 @@ mod tests {
 
     #[test]
     fn ring_full_then_space_after_completion() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         let qlen = p.left.geometry().qlen as u32;
         let mut n = 0;
         while p.left.tx.send(&[1u8; 60]).unwrap() {
@@ -569,7 +575,8 @@ mod tests {
 
     #[test]
     fn runt_frames_get_no_room() {
-        let p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let p = mems.pair();
         // The receiver resets the link on a frame shorter than an Ethernet header.
         assert!(p.left.tx.reserve(0).is_none());
         assert!(p.left.tx.reserve(MIN_FRAME as usize - 1).is_none());
@@ -578,7 +585,8 @@ mod tests {
 
     #[test]
     fn data_area_full_with_large_frames() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         let data = p.left.geometry().data_size();
         let mut n = 0;
         while p.left.tx.send(&[1u8; 1514]).unwrap() {
@@ -589,7 +597,8 @@ mod tests {
 
     #[test]
     fn notification_suppression() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         // The receiver asks for a doorbell on the next frame only.
         assert!(!p.right.rx.enable_notify().unwrap());
         p.left.tx.send(&[0; 60]).unwrap();
@@ -624,7 +633,8 @@ mod tests {
 
     #[test]
     fn reset_forgets_everything() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         p.left.tx.send(&[0; 60]).unwrap();
         p.left.tx.publish().unwrap();
         p.left.reset().unwrap();
@@ -642,7 +652,8 @@ mod tests {
 
     #[test]
     fn invalid_avail_index() {
-        let p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let p = mems.pair();
         let g = *p.left.geometry();
         poke16(&p.left, g.avail_idx(), g.qlen + 1);
         assert_eq!(
@@ -656,7 +667,8 @@ mod tests {
 
     #[test]
     fn invalid_descriptor_index() {
-        let p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let p = mems.pair();
         let g = *p.left.geometry();
         poke16(&p.left, g.avail_ring(0), g.qlen);
         poke16(&p.left, g.avail_idx(), 1);
@@ -669,7 +681,8 @@ mod tests {
     }
 
     fn bad_desc(addr: u64, len: u32, flags: u16) -> Result<Option<RxFrame>, ProtocolError> {
-        let p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let p = mems.pair();
         let g = *p.left.geometry();
         let r = p.left.own;
         r.write_u64(g.desc(5), addr).unwrap();
@@ -717,7 +730,8 @@ mod tests {
 
     #[test]
     fn invalid_used_index_and_out_of_order_completion() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         let g = *p.left.geometry();
         p.left.tx.send(&[0; 60]).unwrap();
         p.left.tx.send(&[0; 60]).unwrap();
@@ -746,7 +760,8 @@ mod tests {
 
     #[test]
     fn oversized_frame_is_completed_not_copied() {
-        let mut p = pair(SEC);
+        let mems = Mems::new(SEC);
+        let mut p = mems.pair();
         p.left.tx.send(&[7; 1000]).unwrap();
         p.left.tx.publish().unwrap();
         let mut small = [0u8; 100];

@@ -7,7 +7,15 @@
 //!
 //! Ring indices are accessed atomically with explicit ordering (`Acquire` for what the peer
 //! publishes, `Release` for what we publish); descriptor fields and frame bytes with volatile
-//! or plain copies after the acquiring load that made them visible.
+//! accesses (frame bytes in aligned 8-byte words where possible), never with plain loads or
+//! `memcpy`: the peer may write any byte at any time, and to Rust a plain access racing with
+//! it would be undefined behaviour. Code that hands a region's bytes to something outside
+//! Rust (a system call, assembly) takes a raw pointer from [`Region::ptr_range`].
+//!
+//! A `Region<'a>` borrows the memory for `'a`: [`crate::testmem::TestMem::region`] and the
+//! host's mappings hand out regions that cannot outlive them, so safe code cannot use a region
+//! after its memory is gone. Only [`Region::new`] (unsafe) chooses a lifetime freely, e.g.
+//! `'static` for device memory mapped for the life of the system.
 //!
 //! ```
 //! use ivnet_core::shm::Region;
@@ -19,6 +27,8 @@
 //! assert!(r.load_u32(62).is_err());
 //! ```
 
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
@@ -31,32 +41,35 @@ pub struct OutOfBounds {
     pub len: usize,
 }
 
-/// A window onto shared memory. Cheap to copy; it does not own the memory.
+/// A window onto shared memory, valid for `'a`. Cheap to copy; it does not own the memory.
 #[derive(Debug, Clone, Copy)]
-pub struct Region {
+pub struct Region<'a> {
     base: NonNull<u8>,
     len: usize,
+    /// Borrows shared (interior-mutable) bytes for `'a`.
+    _mem: PhantomData<&'a UnsafeCell<[u8]>>,
 }
 
 // SAFETY: a Region is only a bounds-checked pointer into memory that is shared by design; all
 // accesses are atomic, volatile or byte copies, so moving or sharing the window between
 // threads adds no hazard beyond the cross-VM sharing the protocol already handles.
-unsafe impl Send for Region {}
+unsafe impl Send for Region<'_> {}
 // SAFETY: see `Send` above.
-unsafe impl Sync for Region {}
+unsafe impl Sync for Region<'_> {}
 
-impl Region {
+impl<'a> Region<'a> {
     /// Wraps `len` bytes of shared memory at `base`.
     ///
     /// # Safety
     /// `base` must be non-null, aligned to 8 bytes, and valid for reads and writes of `len`
-    /// bytes for as long as this `Region` (or any copy or sub-region of it) is used. Other
+    /// bytes for all of `'a` (the caller chooses `'a`: no longer than the memory lives). Other
     /// parties may write the memory concurrently; no Rust reference to it may exist.
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         debug_assert!(base as usize % 8 == 0);
         Region {
             base: NonNull::new(base).expect("Region::new: null base"),
             len,
+            _mem: PhantomData,
         }
     }
 
@@ -76,14 +89,15 @@ impl Region {
     }
 
     /// A sub-window `[offset, offset + len)` of this one.
-    pub fn sub(&self, offset: usize, len: usize) -> Result<Region, OutOfBounds> {
-        self.check(offset, len, 1)?;
-        // SAFETY: `check` proved the sub-window lies inside ours, and the alignment of the base
-        // is only relied on by the aligned accessors, which check alignment of the final
-        // address themselves.
+    pub fn sub(&self, offset: usize, len: usize) -> Result<Region<'a>, OutOfBounds> {
+        let p = self.check(offset, len, 1)?;
+        // `check` proved the sub-window lies inside ours, so `p` is derived from a non-null
+        // in-bounds pointer. The alignment of the base is only relied on by the aligned
+        // accessors, which check the alignment of the final address themselves.
         Ok(Region {
-            base: unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset)) },
+            base: NonNull::new(p).ok_or(OutOfBounds { offset, len })?,
             len,
+            _mem: PhantomData,
         })
     }
 
@@ -182,30 +196,39 @@ impl Region {
         Ok(())
     }
 
-    /// Copies `dst.len()` bytes out of the region starting at `offset`.
+    /// Copies `dst.len()` bytes out of the region starting at `offset`, with volatile reads.
+    /// The peer may change the bytes while we copy: the result is then garbage frame data,
+    /// which every consumer treats as untrusted anyway.
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, dst.len(), 1)?;
-        // SAFETY: the source range is inside the region (checked) and `dst` is a distinct Rust
-        // buffer. The peer may change the bytes while we copy: the result is then garbage frame
-        // data, which every consumer treats as untrusted anyway.
-        unsafe { core::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: the source range is inside the region (checked); `dst` is a distinct Rust
+        // buffer of that length.
+        unsafe { volatile_copy_from(p, dst) };
         Ok(())
     }
 
-    /// Copies `src` into the region starting at `offset`.
+    /// Copies `src` into the region starting at `offset`, with volatile writes.
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, src.len(), 1)?;
-        // SAFETY: the destination range is inside the region (checked) and `src` is a distinct
-        // Rust buffer.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        // SAFETY: the destination range is inside the region (checked); `src` is a distinct
+        // Rust buffer of that length.
+        unsafe { volatile_copy_to(p, src) };
         Ok(())
     }
 
-    /// Fills `[offset, offset + len)` with zero bytes.
+    /// Fills `[offset, offset + len)` with zero bytes, with volatile writes.
     pub fn zero(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
         let p = self.check(offset, len, 1)?;
-        // SAFETY: the range is inside the region (checked).
-        unsafe { core::ptr::write_bytes(p, 0, len) };
+        let head = p.align_offset(8).min(len);
+        let words = (len - head) / 8;
+        for i in (0..head).chain(head + 8 * words..len) {
+            // SAFETY: `p + i` is inside the checked range.
+            unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        }
+        for w in 0..words {
+            // SAFETY: `p + head + 8w` is 8-byte aligned and 8 bytes of it are in range.
+            unsafe { core::ptr::write_volatile(p.add(head + 8 * w) as *mut u64, 0) };
+        }
         Ok(())
     }
 
@@ -213,5 +236,95 @@ impl Region {
     /// that moves bytes between the region and its own buffers (e.g. net_buf fragments).
     pub fn ptr_range(&self, offset: usize, len: usize) -> Result<*mut u8, OutOfBounds> {
         self.check(offset, len, 1)
+    }
+}
+
+/// Copies `dst.len()` bytes from shared memory at `src` into `dst` with volatile reads: bytes
+/// up to the first 8-byte boundary of `src`, then aligned 8-byte words, then the tail.
+///
+/// # Safety
+/// `src` must be valid for reads of `dst.len()` bytes and must not overlap `dst`.
+unsafe fn volatile_copy_from(src: *const u8, dst: &mut [u8]) {
+    let n = dst.len();
+    let head = src.align_offset(8).min(n);
+    let words = (n - head) / 8;
+    for (i, d) in dst[..head].iter_mut().enumerate() {
+        // SAFETY: `i < n`, inside the caller's range.
+        *d = unsafe { core::ptr::read_volatile(src.add(i)) };
+    }
+    for w in 0..words {
+        let at = head + 8 * w;
+        // SAFETY: `src + at` is 8-byte aligned (past `head`) and 8 bytes of it are in range.
+        let v = unsafe { core::ptr::read_volatile(src.add(at) as *const u64) };
+        dst[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, d) in dst.iter_mut().enumerate().skip(head + 8 * words) {
+        // SAFETY: `i < n`, inside the caller's range.
+        *d = unsafe { core::ptr::read_volatile(src.add(i)) };
+    }
+}
+
+/// Copies `src` into shared memory at `dst` with volatile writes (as [`volatile_copy_from`]).
+///
+/// # Safety
+/// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
+unsafe fn volatile_copy_to(dst: *mut u8, src: &[u8]) {
+    let n = src.len();
+    let head = dst.align_offset(8).min(n);
+    let words = (n - head) / 8;
+    for (i, b) in src[..head].iter().enumerate() {
+        // SAFETY: `i < n`, inside the caller's range.
+        unsafe { core::ptr::write_volatile(dst.add(i), *b) };
+    }
+    for w in 0..words {
+        let at = head + 8 * w;
+        let v = u64::from_ne_bytes(src[at..at + 8].try_into().expect("8 bytes"));
+        // SAFETY: `dst + at` is 8-byte aligned (past `head`) and 8 bytes of it are in range.
+        unsafe { core::ptr::write_volatile(dst.add(at) as *mut u64, v) };
+    }
+    for (i, b) in src.iter().enumerate().skip(head + 8 * words) {
+        // SAFETY: `i < n`, inside the caller's range.
+        unsafe { core::ptr::write_volatile(dst.add(i), *b) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testmem::TestMem;
+
+    #[test]
+    fn copies_are_exact_at_every_alignment_and_length() {
+        let m = TestMem::new(256);
+        let r = m.region();
+        for off in 0..16 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100] {
+                let src: [u8; 100] = core::array::from_fn(|i| (i * 7 + off + len) as u8);
+                let src = &src[..len.min(100)];
+                r.zero(0, 256).unwrap();
+                r.write_bytes(off, src).unwrap();
+                let mut back = [0u8; 100];
+                r.read_bytes(off, &mut back[..src.len()]).unwrap();
+                assert_eq!(&back[..src.len()], src, "offset {off} len {len}");
+                // Nothing outside the range was touched.
+                let mut all = [0u8; 256];
+                r.read_bytes(0, &mut all).unwrap();
+                assert!(all[..off].iter().all(|&b| b == 0));
+                assert!(all[off + src.len()..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn accesses_outside_the_window_are_refused() {
+        let m = TestMem::new(64);
+        let r = m.region();
+        let mut buf = [0u8; 8];
+        assert!(r.read_bytes(60, &mut buf).is_err());
+        assert!(r.write_bytes(usize::MAX - 2, &buf).is_err());
+        assert!(r.zero(65, 0).is_err());
+        assert!(r.sub(32, 33).is_err());
+        assert!(r.load_u32(2).is_err(), "misaligned");
+        assert!(r.ptr_range(64, 1).is_err());
+        assert!(r.ptr_range(64, 0).is_ok());
     }
 }

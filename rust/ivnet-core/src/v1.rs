@@ -91,24 +91,24 @@ pub fn check_size(size: usize) -> Result<Geometry, LayoutError> {
 
 /// The control page and the two sections of one v1 region.
 #[derive(Debug, Clone, Copy)]
-pub struct V1Region {
-    region: Region,
+pub struct V1Region<'a> {
+    region: Region<'a>,
 }
 
-impl V1Region {
+impl<'a> V1Region<'a> {
     /// Wraps a whole ivshmem v1 region, checking its size.
-    pub fn new(region: Region) -> Result<Self, LayoutError> {
+    pub fn new(region: Region<'a>) -> Result<Self, LayoutError> {
         check_size(region.len())?;
         Ok(V1Region { region })
     }
 
     /// The whole region.
-    pub fn region(&self) -> &Region {
+    pub fn region(&self) -> &Region<'a> {
         &self.region
     }
 
     /// Output section of `slot` (0 or 1).
-    pub fn section(&self, slot: usize) -> Result<Region, OutOfBounds> {
+    pub fn section(&self, slot: usize) -> Result<Region<'a>, OutOfBounds> {
         let s = section_size(self.region.len());
         self.region.sub(section_offset(self.region.len(), slot), s)
     }

@@ -366,18 +366,18 @@ fn verify(pattern: &[u8], frame: &[u8], len: usize, want: usize, seq: u64) -> Re
 }
 
 /// One peer: its slot, the v1 view of the region and the queues over the two sections.
-struct Peer {
-    v1: V1Region,
+struct Peer<'m> {
+    v1: V1Region<'m>,
     slot: usize,
-    q: Queues<Vec<u32>>,
+    q: Queues<'m, Vec<u32>>,
 }
 
 fn protocol(who: &str) -> impl Fn(ProtocolError) -> String + '_ {
     move |e| format!("{who}: protocol error: {e}")
 }
 
-impl Peer {
-    fn new(map: &Mapping, slot: usize) -> Result<Peer, String> {
+impl<'m> Peer<'m> {
+    fn new(map: &'m Mapping, slot: usize) -> Result<Peer<'m>, String> {
         let v1 = V1Region::new(map.region()).map_err(|e| e.to_string())?;
         let section = |s| v1.section(s).map_err(|e| format!("section {s}: {e:?}"));
         let (own, peer) = (section(slot)?, section(1 - slot)?);

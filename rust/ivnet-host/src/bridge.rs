@@ -69,10 +69,11 @@ pub fn link_to_tap(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> bool {
                 return;
             }
             match r.ptr_range(f.offset, f.len) {
-                // SAFETY: ptr_range checked the frame lies inside the peer's section, which
-                // stays mapped while the link lives.
                 Ok(p) => {
-                    if let Err(e) = unsafe { tap.write_raw(p, f.len) } {
+                    // SAFETY: ptr_range checked the frame lies inside the peer's section, which
+                    // stays mapped while the link lives; the kernel copies it out.
+                    let written = unsafe { tap.write_raw(p, f.len) };
+                    if let Err(e) = written {
                         dropped += 1;
                         if let Some(s) = warn_.tap.check(millis()) {
                             warn!("TAP {} write: {e}{}", tap.name(), suppressed(s));

@@ -56,10 +56,13 @@ pub fn millis() -> u64 {
 
 /// One end of a link.
 pub struct Link {
+    /// The link's views of the client's mapping. They are `'static` only inside this struct:
+    /// the Link owns the client, so the memory stays mapped while they exist, and no method
+    /// hands a region out for longer than a borrow of the Link.
+    v1: V1Region<'static>,
+    queues: Queues<'static, Vec<u32>>,
     client: Client,
-    v1: V1Region,
     slot: usize,
-    queues: Queues<Vec<u32>>,
     state: LinkState,
     up: bool,
     carrier: bool,
@@ -81,7 +84,11 @@ impl Link {
     /// Takes over a connected client: finds our slot in the owner table and lays the queues
     /// over our section and the other slot's.
     pub fn new(client: Client) -> io::Result<Link> {
-        let v1 = V1Region::new(client.mapping().region())
+        // SAFETY: the region lives in the mapping of `client`, which the Link owns (moving the
+        // client does not move the memory); the Link uses it only through `v1` and `queues`,
+        // which are private, and lends it out only as `&Region<'_>` borrowed from the Link.
+        let region = unsafe { client.mapping().region_unbounded() };
+        let v1 = V1Region::new(region)
             .map_err(|e| invalid(format!("shared memory from the server: {e}")))?;
         let slot = v1
             .slot_of(client.id())
@@ -301,7 +308,7 @@ impl Link {
     pub fn send_with(
         &mut self,
         max: usize,
-        fill: impl FnOnce(&Region, usize) -> Option<usize>,
+        fill: impl FnOnce(&Region<'_>, usize) -> Option<usize>,
     ) -> Result<Option<usize>, ProtocolError> {
         if !self.running() {
             return Ok(None);
@@ -356,10 +363,20 @@ impl Link {
     /// Receives up to `budget` frames, handing each to `deliver(region, frame)`, then publishes
     /// the completions (ringing the peer if it asked). Returns the number received and whether
     /// more may be pending.
+    ///
+    /// The region is lent for the call only; keeping it does not compile:
+    ///
+    /// ```compile_fail
+    /// fn keep(link: &mut ivnet_host::link::Link) {
+    ///     let mut saved = None;
+    ///     link.receive(1, |r, _| saved = Some(*r));
+    ///     let _ = saved;
+    /// }
+    /// ```
     pub fn receive(
         &mut self,
         budget: usize,
-        mut deliver: impl FnMut(&Region, RxFrame),
+        mut deliver: impl FnMut(&Region<'_>, RxFrame),
     ) -> (usize, bool) {
         if !self.running() {
             return (0, false);

@@ -39,10 +39,20 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
-    /// The whole mapping as a shared-memory region.
-    pub fn region(&self) -> Region {
-        // SAFETY: the mapping is page aligned, `len` bytes long, and lives as long as `self`;
-        // callers keep the Mapping alive while they use the Region (the Link owns both).
+    /// The whole mapping as a shared-memory region, borrowing the mapping.
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: the mapping is page aligned and `len` bytes long, and stays mapped as long as
+        // `self` lives, which the returned lifetime enforces.
+        unsafe { Region::new(self.ptr.as_ptr().cast(), self.len) }
+    }
+
+    /// The whole mapping as a region of any lifetime.
+    ///
+    /// # Safety
+    /// The caller must not use the region (or anything built on it) after this mapping is
+    /// dropped. The memory itself never moves while mapped, so moving the `Mapping` is fine.
+    pub unsafe fn region_unbounded<'a>(&self) -> Region<'a> {
+        // SAFETY: as for `region`, with the lifetime vouched for by the caller.
         unsafe { Region::new(self.ptr.as_ptr().cast(), self.len) }
     }
 

@@ -152,8 +152,8 @@ impl Server {
         crate::observe::LinkObserver::new(&self.shm, self.cfg.size)
     }
 
-    fn v1(&self) -> V1Region {
-        V1Region::new(self.map.region()).expect("size checked in Server::new")
+    fn v1(&self) -> V1Region<'_> {
+        v1_of(&self.map)
     }
 
     /// Serves until `stop` becomes true (checked at least every 200 ms).
@@ -218,7 +218,6 @@ impl Server {
             warn!("new peer: {e}");
             return;
         }
-        let v1 = self.v1();
         let free = |peers: &[Peer]| (0..SLOTS).find(|s| !peers.iter().any(|p| p.slot == *s));
         if free(&self.peers).is_none() {
             // A peer that left a moment ago (a QEMU restarting) may not have been noticed yet:
@@ -245,7 +244,7 @@ impl Server {
             }
         };
         // Record the owner (and zero its state word) before the newcomer learns its id.
-        if let Err(e) = v1.set_owner(slot, Some(id)) {
+        if let Err(e) = v1_of(&self.map).set_owner(slot, Some(id)) {
             warn!("peer {id}: owner table: {e:?}");
             return;
         }
@@ -257,7 +256,7 @@ impl Server {
         };
         if let Err(e) = self.greet(&peer) {
             warn!("peer {id}: setup failed: {e}");
-            let _ = v1.set_owner(slot, None);
+            let _ = v1_of(&self.map).set_owner(slot, None);
             return;
         }
         // Tell everyone else about the newcomer's vectors.
@@ -347,6 +346,11 @@ impl Server {
     pub fn listener_fd(&self) -> i32 {
         self.listener.as_raw_fd()
     }
+}
+
+/// The v1 view of the server's region (its size was checked in `Server::new`).
+fn v1_of(map: &Mapping) -> V1Region<'_> {
+    V1Region::new(map.region()).expect("size checked in Server::new")
 }
 
 fn ring(p: &Peer, vector: u16) {

@@ -43,6 +43,7 @@ fn setup_messages_follow_qemus_protocol() {
     assert_eq!(v.slot_of(1).unwrap(), Some(1));
     drop(b);
     assert_eq!(a.handle_message().unwrap(), ServerEvent::PeerGone(1));
+    let v = V1Region::new(a.mapping().region()).unwrap();
     assert_eq!(v.owner(1).unwrap(), None, "a departed peer's slot is freed");
 }
 

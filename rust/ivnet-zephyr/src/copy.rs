@@ -7,6 +7,10 @@
 //! shared memory (mapped write-back cacheable) and network buffers are normal memory, where
 //! unaligned loads and stores are allowed (Zephyr clears SCTLR_EL1.A), so the copy moves 32
 //! bytes per iteration whatever the alignment.
+//!
+//! One side of every copy is memory the peer may write at any moment. The copy is therefore
+//! never a plain Rust access (which would be a data race, undefined behaviour): the bulk is
+//! assembly, opaque to the compiler, and the last bytes are volatile accesses.
 
 /// Copies `n` bytes from `src` to `dst`.
 ///
@@ -41,17 +45,28 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
             );
         }
     }
-    let rest = n % 32;
-    // SAFETY: the last `rest` bytes of both ranges (per the caller's contract).
-    unsafe { core::ptr::copy_nonoverlapping(s, d, rest) };
+    // SAFETY: the last `n % 32` bytes of both ranges (per the caller's contract).
+    unsafe { copy_bytes_volatile(d, s, n % 32) };
 }
 
-/// Copies `n` bytes from `src` to `dst` (other architectures: the C library's memcpy).
+/// Copies `n` bytes one volatile byte at a time.
 ///
 /// # Safety
-/// As for `core::ptr::copy_nonoverlapping`.
+/// As for [`copy`].
+unsafe fn copy_bytes_volatile(dst: *mut u8, src: *const u8, n: usize) {
+    for i in 0..n {
+        // SAFETY: `i < n`, inside both ranges the caller vouches for.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+    }
+}
+
+/// Copies `n` bytes from `src` to `dst` (other architectures: volatile bytes).
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `n` bytes, and the two ranges must
+/// not overlap.
 #[cfg(not(target_arch = "aarch64"))]
 pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
     // SAFETY: per the caller's contract.
-    unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
+    unsafe { copy_bytes_volatile(dst, src, n) };
 }

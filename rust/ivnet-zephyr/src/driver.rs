@@ -68,7 +68,7 @@ impl Stats {
 enum Transport {
     /// Upstream QEMU's ivshmem-doorbell: the flat region with the ivnet control page (state
     /// words and slot owners), managed by the ivnet server.
-    V1 { ctl: V1Region, slot: usize },
+    V1 { ctl: V1Region<'static>, slot: usize },
     /// ivshmem 2.0 (Jailhouse): the device's state table and STATE register; peer = 1 - id.
     #[cfg(ivshmem_v2)]
     V2 { dev: *const device, id: u32 },
@@ -117,7 +117,7 @@ impl Transport {
 /// Link state shared by the link thread and send().
 struct Link {
     t: Transport,
-    queues: Queues<&'static mut [u32]>,
+    queues: Queues<'static, &'static mut [u32]>,
     state: LinkState,
     /// The interface is administratively up (start/stop).
     up: bool,
@@ -330,7 +330,7 @@ fn mac_for(cfg: &sys::ivnet_config, id: u32) -> [u8; 6] {
     [0x02, 0x1e, r[0], r[1], r[2], id as u8]
 }
 
-type Attached = (Transport, Region, Region, u32, u16);
+type Attached = (Transport, Region<'static>, Region<'static>, u32, u16);
 
 /// Finds our output section and the peer's, and how state is kept: the ivnet control page on
 /// a v1 device (QEMU ivshmem-doorbell), the device's state table on a v2 device (Jailhouse).
@@ -404,7 +404,7 @@ fn attach_v2(
         );
         return Err(-(sys::ENOTSUP as c_int));
     }
-    let section = |peer: u32| -> Option<Region> {
+    let section = |peer: u32| -> Option<Region<'static>> {
         let mut addr: usize = 0;
         // SAFETY: dev is ready; addr is a valid out pointer.
         let size = unsafe { sys::ivshmem_get_output_mem_section(dev, peer, &mut addr) };
