@@ -22,59 +22,15 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import ivnet_harness as h
+from twolinks import CELL0, CELL1, HOST0, TwoLinks, pct, pings
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = Path(os.environ.get("ZEPHYR_WORKSPACE", Path.home() / "zephyrproject")) / ".venv/bin/python"
 NS = "ivnet-live"
-HOST0, CELL0 = "10.70.0.1", "10.70.0.2"
-HOST1, CELL1 = "10.71.0.1", "10.71.0.2"
 SECS = int(os.environ.get("IVNET_LIVENESS_SECS", "4"))
 ROUNDS = int(os.environ.get("IVNET_LIVENESS_ROUNDS", "3"))
-
-# A bounded UDP sender: `rate` datagrams of `size` bytes a second to addr:port for `secs`.
-BLASTER = """
-import socket, sys, time
-addr, port, rate, size, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
-payload = b"x" * size
-t0 = time.monotonic(); n = 0
-while time.monotonic() - t0 < secs:
-    due = int((time.monotonic() - t0) * rate)
-    while n < due:
-        try:
-            s.sendto(payload, (addr, port))
-        except OSError:
-            pass
-        n += 1
-    time.sleep(0.002)
-print("sent", n)
-"""
-
-
-def hostile_bin() -> Path:
-    b = h.ivnet_bin().parent / "ivnet-hostile"
-    if not b.exists():
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet-host"], cwd=ROOT, check=True)
-    return b
-
-
-def pings(ns: h.Netns, addr: str, count: int) -> tuple[list[float], int]:
-    """`count` pings at 20 ms; (round-trip times in ms, replies missing)."""
-    r = ns.run("ping", "-c", str(count), "-i", "0.02", "-W", "1", addr,
-               timeout=count * 0.05 + 30, check=False)
-    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout)]
-    return rtts, count - len(rtts)
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 def tcp_down(ns: h.Netns) -> float:
@@ -145,50 +101,19 @@ class CpuMeter:
                          for n, p in self.procs.items())
 
 
-def stat(ns: h.Netns, group: str) -> dict:
-    r = ns.run(str(PYTHON), str(ROOT / "scripts/pylib/mcumgr.py"), "--timeout", "5", CELL0,
-               "stat", group, timeout=30, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return {k: int(v) for k, v in re.findall(r"(\w+)\W+(\d+)", r.stdout)}
-
-
 def stall_run(work: Path, elf: Path, watchdog: bool) -> None:
     """The scenario of the module docstring; `watchdog`: the image resets a stuck link."""
     with h.Stack() as st:
-        ns = st.push(h.Netns(NS))
-        ns.tap("ivl0", f"{HOST0}/24")
-        ns.tap("ivl1", f"{HOST1}/24")
-        l0, l1 = work / "l0.sock", work / "l1.sock"
-        st.push(h.Server(l0, work / "server0.log"))
-        st.push(h.Server(l1, work / "server1.log"))
-        peer0 = st.push(h.HostPeer(ns, l0, "ivl0", work / "peer0.log"))
-        hostile = ns.popen(str(hostile_bin()), "--socket", str(l1), "--tap", "ivl1",
-                           "--attack", "stall", log=work / "hostile.log")
-        st.push(type("P", (), {"close": lambda self: h.stop(hostile)})())
-        cfg = work / "cell.cfg"
-        cfg.write_text(f"name=live\nif0.mac=02:00:00:00:70:02\nif0.ipv4={CELL0}/24\n"
-                       f"if1.mac=02:00:00:00:71:02\nif1.ipv4={CELL1}/24\ndefault=0\n")
-        vm = st.push(h.Vm(elf, [l0, l1], work, "live",
-                          extra_args=["-fw_cfg", f"name=opt/ivnet/cell,file={cfg}"]))
-        vm.wait_for("ivnet0: carrier on", 30)
-        vm.wait_for("ivnet1: carrier on", 30)
-        vm.wait_for(re.escape(h.Vm.PROMPT), 10)
-        for a in (CELL0, CELL1):
-            r = ns.run("ping", "-c", "3", "-i", "0.2", "-W", "2", a, check=False)
-            assert h.ping_summary(r.stdout)[1] > 0, f"{a}: {r.stdout}"
+        two = TwoLinks(st, work, elf, NS, "stall")
+        ns, vm, hostile, peer0 = two.ns, two.vm, two.hostile, two.peer0
         # Bound to link 0's address: Zephyr ties a listener bound to 0.0.0.0 to one interface
         # (the source address choice for 0.0.0.0, here link 1's) and closes it when that
         # interface goes down (docs/reliability.md).
         vm.shell(f"zperf tcp download 5001 {CELL0}", "Listening on port 5001")
 
-        # UDP into link 1 from here on (the cell echoes every datagram back into link 1). The
-        # neighbour entry is fixed: a stalled link 1 carries no ARP answers, and the load must
-        # not depend on the namespace's ARP cache.
-        ns.ip("neigh", "replace", CELL1, "lladdr", "02:00:00:00:71:02", "dev", "ivl1", "nud", "permanent")
+        # UDP into link 1 from here on (the cell echoes every datagram back into link 1).
         load_secs = ROUNDS * 2 * (4 + 2 * (SECS + 4) + 20) + 60
-        blaster = ns.popen("python3", "-c", BLASTER, CELL1, "4242", "200", "1000", str(load_secs),
-                           log=work / "blaster.log")
-        st.push(type("P", (), {"close": lambda self: h.stop(blaster)})())
+        two.blaster(st, CELL1, 200, 1000, load_secs)
         time.sleep(1)
         procs = {"QEMU": vm.proc, "peer0": peer0.proc, "hostile": hostile}
         healthy, stalled = [], []
@@ -199,7 +124,7 @@ def stall_run(work: Path, elf: Path, watchdog: bool) -> None:
             cpu = CpuMeter(procs)
             healthy.append(sample(ns, vm))
             cpu_healthy.append(cpu.report())
-            s0 = stat(ns, "ivnet1")
+            s0 = two.stat("ivnet1")
             # The stall: the hostile peer stops completing; the cell's answers fill link 1.
             mark = vm.mark()
             drops0 = s0["tx_dropped"]
@@ -211,13 +136,13 @@ def stall_run(work: Path, elf: Path, watchdog: bool) -> None:
             else:
                 # The ring fills; from then on every answer into it is dropped at once.
                 t = time.time()
-                while stat(ns, "ivnet1")["tx_dropped"] == drops0:
+                while two.stat("ivnet1")["tx_dropped"] == drops0:
                     assert time.time() - t < 30, "link 1's ring never filled"
                     time.sleep(0.5)
             cpu = CpuMeter(procs)
             stalled.append(sample(ns, vm))
             cpu_stalled.append(cpu.report())
-            s1 = stat(ns, "ivnet1")
+            s1 = two.stat("ivnet1")
             if watchdog:
                 assert s1["peer_stalls"] == stalls_before + 1, s1
                 stalls_before = s1["peer_stalls"]
@@ -230,9 +155,7 @@ def stall_run(work: Path, elf: Path, watchdog: bool) -> None:
             hostile.send_signal(signal.SIGUSR2)
             if watchdog:
                 vm.wait_for("ivnet1: carrier on", 20, mark)
-            t = time.time()
-            while ns.run("ping", "-c", "1", "-W", "1", CELL1, check=False).returncode != 0:
-                assert time.time() - t < 20, f"round {rnd}: link 1 did not come back"
+            two.wait_link1_back()
             print(f"round {rnd}: ivnet1 {s1}")
         print(f"CPU while healthy: {cpu_healthy}; while stalled: {cpu_stalled}")
         before = summary(healthy, "link 1 healthy")
@@ -250,9 +173,8 @@ def stall_run(work: Path, elf: Path, watchdog: bool) -> None:
         tx, rx = h.ping_summary(r.stdout)
         print(f"link 1 after the last stall: {rx}/{tx} pings")
         assert rx >= 18, r.stdout
-        assert "ATTACK end" in (work / "hostile.log").read_text()
-        assert vm.buf.count("Booting Zephyr") == 1, "the cell rebooted"
-        assert "FATAL" not in vm.buf, "the cell hit a fatal error"
+        assert "ATTACK end" in two.hostile_log.read_text()
+        two.assert_no_fatal()
 
 
 def test_stuck_peer_is_reset_and_the_other_link_keeps_its_pace(work, cell_elf):

@@ -139,6 +139,16 @@ impl<'a> V1Region<'a> {
         self.region.store_u32(OWNER_OFF + 4 * slot, raw)
     }
 
+    /// Rewrites the owner word of `slot` alone, leaving its state word (server only: repairs
+    /// an owner table that a peer overwrote).
+    pub fn set_owner_word(&self, slot: usize, id: Option<u32>) -> Result<(), OutOfBounds> {
+        let raw = match id {
+            Some(i) => i.wrapping_add(1),
+            None => 0,
+        };
+        self.region.store_u32(OWNER_OFF + 4 * slot, raw)
+    }
+
     /// The link state of the peer of `slot` (the other slot): RESET when that slot has no
     /// owner (the peer left, and the server zeroed it), else its state word, validated.
     pub fn peer_state(&self, slot: usize) -> Result<LinkState, ProtocolError> {

@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         vectors: u16,
     },
-    /// Join a link as the host peer and bridge it to a TAP device.
+    /// Join a link as the host peer and bridge it to a TAP device. SIGUSR1 logs its counters.
     Peer {
         /// The server's UNIX socket.
         #[arg(long, short)]
@@ -321,7 +321,19 @@ fn main() -> ExitCode {
             let tap = Tap::open(&tap).map_err(|e| e.to_string())?;
             let client = Client::connect(&socket, vectors).map_err(|e| e.to_string())?;
             let mut link = Link::new(client).map_err(|e| e.to_string())?;
-            bridge::run(&mut link, &tap, &stop).map_err(|e| e.to_string())
+            static STATS: AtomicBool = AtomicBool::new(false);
+            extern "C" fn on_usr1(_: libc::c_int) {
+                STATS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
+            unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
+            let r = bridge::run_with(&mut link, &tap, &stop, |l| {
+                if STATS.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    log::info!("stats: {:?}", l.stats);
+                }
+            });
+            log::info!("stats at exit: {:?}", link.stats);
+            r.map_err(|e| e.to_string())
         })(),
         Cmd::Check { file } => check(&file),
         Cmd::Up {

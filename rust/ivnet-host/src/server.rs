@@ -11,6 +11,7 @@
 //! - Peers are never waited for: their sockets are non-blocking, and a peer whose socket does
 //!   not take a message (it stopped reading and its buffer is full) is dropped like one that
 //!   left. The shared memory is sealed against resizing (see [`crate::mapping::memfd`]).
+//! - The owner table is put back whenever a peer overwrote it.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::v1::{self, V1Region, SLOTS, VECTOR_STATE};
 use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -86,6 +88,8 @@ pub struct Server {
     map: Mapping,
     peers: Vec<Peer>,
     next_id: u32,
+    owner_repairs: u64,
+    repair_log: RateLimit,
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
@@ -144,6 +148,8 @@ impl Server {
             map,
             peers: Vec::new(),
             next_id: 0,
+            owner_repairs: 0,
+            repair_log: RateLimit::new(1000),
         })
     }
 
@@ -209,7 +215,46 @@ impl Server {
                 }
             }
         }
+        self.repair_owners();
         Ok(())
+    }
+
+    /// The owner table lives in memory every peer can write (there is no hardware to protect
+    /// it on ivshmem-doorbell). The server knows the truth: a table that differs from it was
+    /// overwritten by a peer, and is put back (owner words only), and both peers are rung to
+    /// look again. Checked at every round of the server (at least every 200 ms).
+    fn repair_owners(&mut self) {
+        let v1 = v1_of(&self.map);
+        let mut repaired = false;
+        for slot in 0..SLOTS {
+            let truth = self.peers.iter().find(|p| p.slot == slot).map(|p| p.id);
+            if v1.owner(slot).ok() != Some(truth) {
+                let _ = v1.set_owner_word(slot, truth);
+                repaired = true;
+            }
+        }
+        if repaired {
+            self.owner_repairs += 1;
+            if let Some(n) = self.repair_log.check(crate::link::millis()) {
+                warn!(
+                    "the owner table was overwritten by a peer: put back ({} repairs so far{})",
+                    self.owner_repairs,
+                    if n > 0 {
+                        format!(", {n} not logged")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            for p in &self.peers {
+                ring(p, VECTOR_STATE);
+            }
+        }
+    }
+
+    /// Times the owner table had to be put back (see `repair_owners`).
+    pub fn owner_repairs(&self) -> u64 {
+        self.owner_repairs
     }
 
     fn add_peer(&mut self, stream: UnixStream) {

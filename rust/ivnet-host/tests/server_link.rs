@@ -217,3 +217,28 @@ fn a_peer_that_stops_reading_is_dropped_not_waited_for() {
     }
     assert!(n > 10, "{n}");
 }
+
+#[test]
+fn an_overwritten_owner_table_is_put_back() {
+    let s = start("owners", 1 << 20);
+    let a = Client::connect(&s.path, 2).unwrap();
+    let b = Client::connect(&s.path, 2).unwrap();
+    let v = V1Region::new(a.mapping().region()).unwrap();
+    v.set_state(0, 3).unwrap();
+    drain_eventfd(a.vector(VECTOR_STATE).unwrap());
+    // A hostile peer scribbles over both owner words.
+    v.set_owner_word(0, Some(777)).unwrap();
+    v.set_owner_word(1, None).unwrap();
+    wait_for("owner table repaired", || {
+        v.owner(0).unwrap() == Some(a.id()) && v.owner(1).unwrap() == Some(b.id())
+    });
+    // Only the owner words: the state word of slot 0 is its owner's business.
+    assert_eq!(v.state(0).unwrap(), 3);
+    // Both peers are rung to look again.
+    wait_for("a rung", || {
+        drain_eventfd(a.vector(VECTOR_STATE).unwrap()) > 0
+    });
+    wait_for("b rung", || {
+        drain_eventfd(b.vector(VECTOR_STATE).unwrap()) > 0
+    });
+}

@@ -1,0 +1,155 @@
+"""A hostile peer against the real driver in QEMU, and against the host bridge.
+
+`ivnet-hostile` joins a running link, behaves honestly, then attacks for ATTACK_SECS: it
+corrupts every field the other end reads (indices, descriptors, completions, state words, the
+v1 owner table, the whole queue header), floods doorbells, re-publishes frames, or stalls. Then
+it turns honest again. The other end must never crash, must reset the link where the protocol
+was broken (and only drop a frame where one was merely too long), must keep its log quiet
+(rate-limited), and must recover: traffic flows again on the attacked link.
+
+Against the driver: one cell on two links (twolinks.TwoLinks), link 1 attacked, one attack
+after the other on the same cell (the hostile peer restarts between them, as a restarting
+host peer would), link 0 pinged throughout. Against the host bridge: `ivnet peer` on a TAP in
+one namespace, the hostile peer on a TAP in another, pinging across the link.
+"""
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import ivnet_harness as h
+from twolinks import CELL0, CELL1, Closer, TwoLinks, hostile_bin, pct, pings
+
+ATTACK_SECS = 3
+
+# attack -> what the attacked end must have counted (STATS counter of the driver that grows);
+# "protocol_resets": the peer broke the protocol; "rx_dropped": a frame was dropped, no reset.
+EXPECT = {
+    "stall": "peer_stalls",
+    "avail-index": "protocol_resets",
+    "desc-index": "protocol_resets",
+    "desc-flags": "protocol_resets",
+    "desc-bounds": "protocol_resets",
+    "runt": "protocol_resets",
+    "oversize": "rx_dropped",
+    "used-index": "protocol_resets",
+    "used-id": "protocol_resets",
+    "state-word": "protocol_resets",
+    "state-flap": "state_changes",
+    "owner-table": "state_changes",
+    "header-garbage": "protocol_resets",
+    "doorbell-flood": None,
+    "republish": "rx_frames",
+}
+# Attacks that must not reset the link (the peer stayed within the protocol).
+NO_RESET = {"oversize", "doorbell-flood", "republish"}
+
+
+def test_hostile_peer_against_the_driver(work, cell_elf):
+    results = []
+    with h.Stack() as st:
+        two = TwoLinks(st, work, cell_elf, "ivnet-hostile", attack="stall")
+        ns, vm = two.ns, two.vm
+        # Link 1 keeps being asked for answers (in-flight frames for the completion attacks).
+        two.blaster(st, CELL1, 100, 200, len(EXPECT) * (ATTACK_SECS + 40) + 60)
+        first = True
+        for attack, counter in EXPECT.items():
+            if not first:
+                # A new hostile peer for this attack: the old one leaves (the cell sees RESET),
+                # the new one joins and runs honestly until SIGUSR1.
+                h.stop(two.hostile)
+                two.hostile = ns.popen(str(hostile_bin()), "--socket", str(work / "l1.sock"),
+                                       "--tap", "ivl1", "--attack", attack, log=two.hostile_log)
+                st.push(Closer(two.hostile))
+                two.wait_link1_back(30)
+            first = False
+            before = two.stat("ivnet1")
+            mark = vm.mark()
+            pinger = ns.popen("ping", "-c", str(ATTACK_SECS * 50), "-i", "0.02", "-W", "1", CELL0,
+                              log=work / f"ping0-{attack}.log")
+            two.hostile.send_signal(signal.SIGUSR1)
+            time.sleep(ATTACK_SECS)
+            two.hostile.send_signal(signal.SIGUSR2)
+            pinger.wait(30)
+            back = two.wait_link1_back(30)
+            after = two.stat("ivnet1")
+            during = vm.buf[mark:]
+            text = (work / f"ping0-{attack}.log").read_text()
+            rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", text)]
+            grew = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            logged = len(re.findall(r"ivnet1: peer (broke|completed)", during))
+            row = {"attack": attack, "grew": grew, "back_s": round(back, 2), "logs": logged,
+                   "link0": f"{len(rtts)}/{ATTACK_SECS * 50} p99 {pct(rtts, 99):.2f} ms" if rtts else "none"}
+            results.append(row)
+            print(row)
+            two.assert_no_fatal()
+            assert "ivnet0: carrier off" not in during, f"{attack}: link 0 went down"
+            assert len(rtts) >= ATTACK_SECS * 50 - 2, f"{attack}: link 0 lost pings: {text[-300:]}"
+            if counter:
+                assert grew.get(counter, 0) > 0, (attack, counter, grew)
+            if attack in NO_RESET:
+                assert "protocol_resets" not in grew and "peer_stalls" not in grew, (attack, grew)
+            # Peer-triggered messages are rate-limited: one a second at most (and a first one).
+            assert logged <= ATTACK_SECS + 3, (attack, logged)
+    print("\nhostile peer vs driver:")
+    for r in results:
+        print(f"  {r['attack']:<15} counters grew {r['grew']}, link 1 back in {r['back_s']} s, "
+              f"{r['logs']} log lines, link 0 {r['link0']}")
+
+
+BRIDGE_ATTACKS = [a for a in EXPECT if a != "doorbell-flood"] + ["doorbell-flood"]
+
+
+@pytest.mark.parametrize("attack", BRIDGE_ATTACKS)
+def test_hostile_peer_against_the_host_bridge(work, attack):
+    """`ivnet peer` (bridged to TAP ivb0 in namespace A) against `ivnet-hostile` playing the
+    cell (TAP ivb1 in namespace B); namespace A pings B across the link."""
+    a_addr, b_addr = "10.73.0.1", "10.73.0.2"
+    with h.Stack() as st:
+        ns_a = st.push(h.Netns("ivnet-hb-a"))
+        ns_b = st.push(h.Netns("ivnet-hb-b"))
+        ns_a.tap("ivb0", f"{a_addr}/24")
+        ns_b.tap("ivb1", f"{b_addr}/24")
+        sock = work / "link.sock"
+        st.push(h.Server(sock, work / "server.log"))
+        peer = st.push(h.HostPeer(ns_a, sock, "ivb0", work / "peer.log"))
+        hostile = ns_b.popen(str(hostile_bin()), "--socket", str(sock), "--tap", "ivb1",
+                             "--attack", attack, log=work / "hostile.log")
+        st.push(Closer(hostile))
+
+        def link_ok(timeout: float) -> float:
+            t = time.time()
+            while ns_a.run("ping", "-c", "1", "-W", "1", b_addr, check=False).returncode != 0:
+                assert time.time() - t < timeout, f"{attack}: the link did not come back"
+            return time.time() - t
+
+        link_ok(20)
+        # Traffic across the link during the attack (answers fill the bridge's ring).
+        pinger = ns_a.popen("ping", "-c", str(ATTACK_SECS * 100), "-i", "0.01", "-W", "1", b_addr,
+                            log=work / "ping.log")
+        log_mark = len((work / "peer.log").read_text())
+        hostile.send_signal(signal.SIGUSR1)
+        time.sleep(ATTACK_SECS)
+        hostile.send_signal(signal.SIGUSR2)
+        pinger.wait(30)
+        back = link_ok(30)
+        assert peer.proc.poll() is None, f"{attack}: ivnet peer died"
+        peer.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        log = (work / "peer.log").read_text()
+        stats = re.findall(r"stats: Stats \{([^}]*)\}", log)
+        assert stats, log[-500:]
+        counters = {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", stats[-1])}
+        errors = len(re.findall(r"ERROR", log[log_mark:]))
+        print(f"{attack}: host bridge back in {back:.2f} s, {errors} error lines, counters {counters}")
+        if attack not in NO_RESET | {"stall", "state-flap", "owner-table"}:
+            assert counters["protocol_resets"] > 0, counters
+        if attack == "oversize":
+            assert counters["rx_oversize"] > 0 and counters["protocol_resets"] == 0, counters
+        if attack in NO_RESET:
+            assert counters["protocol_resets"] == 0, counters
+        # Rate-limited: at most one error line a second of attack (and a first one).
+        assert errors <= ATTACK_SECS + 3, log[log_mark:][-2000:]
