@@ -16,12 +16,11 @@ one namespace, the hostile peer on a TAP in another, pinging across the link.
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 import ivnet_harness as h
-from twolinks import CELL0, CELL1, Closer, TwoLinks, hostile_bin, pct, pings
+from twolinks import CELL0, CELL1, Closer, TwoLinks, hostile_bin, pct
 
 ATTACK_SECS = 3
 
