@@ -20,7 +20,7 @@ import time
 import pytest
 
 import ivnet_harness as h
-from twolinks import CELL0, CELL1, Closer, TwoLinks, hostile_bin, pct
+from ivnet_twolinks import CELL0, CELL1, Closer, TwoLinks, hostile_bin, pct
 
 ATTACK_SECS = 3
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import ivnet_harness as h
-from twolinks import CELL0, CELL1, HOST0, TwoLinks, pct, pings
+from ivnet_twolinks import CELL0, CELL1, HOST0, TwoLinks, pct, pings
 
 NS = "ivnet-live"
 SECS = int(os.environ.get("IVNET_LIVENESS_SECS", "4"))

@@ -68,6 +68,33 @@ services = [4242]
     return "\n".join(t)
 
 
+SLOW_CLIENT = """
+import socket, sys, time, urllib.request
+host, port = sys.argv[1].rsplit(":", 1)
+silent = socket.create_connection((host, int(port)))
+time.sleep(0.2)
+t = time.monotonic()
+urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read()
+print(round(time.monotonic() - t, 3))
+silent.close()
+"""
+
+
+def proc_caps(status_path: str) -> dict:
+    """Capability masks (hex), NoNewPrivs, Seccomp and the real uid of a task."""
+    out = {}
+    for line in Path(status_path).read_text().splitlines():
+        k, _, v = line.partition(":")
+        v = v.split()
+        if k.startswith("Cap") and v:
+            out[k] = int(v[0], 16)
+        elif k in ("NoNewPrivs", "Seccomp") and v:
+            out[k] = int(v[0])
+        elif k == "Uid":
+            out[k] = int(v[0])
+    return out
+
+
 def make_net(work: Path) -> ivn.Network:
     return ivn.Network(work / "state", BRIDGE, METRICS, HOST_NS, OUT_NS)
 
@@ -164,6 +191,44 @@ def test_network_of_cells(cell_elf, work):
         time.sleep(0.5)
         m2, _ = scrape()
         assert all(m2[k] > m1[k] for k in m1), (m1, m2)
+
+        # Least privilege: once the network is built, the supervisor's main thread keeps only
+        # the capabilities it needs (privs::SUPERVISOR_CAPS) and no new privileges; its worker
+        # threads (host peers, servers, observer, metrics), which handle what peers and clients
+        # send, hold none; the cells' QEMUs run as nobody in QEMU's seccomp sandbox with none;
+        # every socket is private.
+        sup = st1["supervisor_pid"]
+        keep = sum(1 << c for c in (5, 6, 7, 10, 12, 13))  # KILL SETGID SETUID NET_BIND NET_ADMIN NET_RAW
+        main_caps = proc_caps(f"/proc/{sup}/status")
+        assert main_caps["CapEff"] == keep and main_caps["CapBnd"] == keep, main_caps
+        assert main_caps["NoNewPrivs"] == 1, main_caps
+        tasks = [t for t in os.listdir(f"/proc/{sup}/task") if int(t) != sup]
+        assert len(tasks) >= N, tasks
+        for t in tasks:
+            c = proc_caps(f"/proc/{sup}/task/{t}/status")
+            name = Path(f"/proc/{sup}/task/{t}/comm").read_text().strip()
+            assert c["CapEff"] == 0 and c["CapPrm"] == 0 and c["CapBnd"] == 0, (name, t, c)
+        for c in st1["cells"]:
+            q = proc_caps(f"/proc/{c['pid']}/status")
+            assert q["Uid"] == 65534 and q["CapEff"] == 0 and q["Seccomp"] == 2, (c["name"], q)
+        for sock in (net.state / BRIDGE).glob("*.sock"):
+            assert sock.stat().st_mode & 0o077 == 0, f"{sock} is {oct(sock.stat().st_mode)}"
+        # A metrics client that connects and says nothing does not hold up the next scrape.
+        r = net.host.run("python3", "-c", SLOW_CLIENT, METRICS, timeout=30, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        print(f"metrics scrape while a silent client holds a connection: {r.stdout.strip()} s")
+        assert float(r.stdout) < 1.0, r.stdout
+        # dnsmasq restarted by the reduced supervisor still starts (and drops to nobody).
+        if st1["host"]["dnsmasq_pid"]:
+            os.kill(st1["host"]["dnsmasq_pid"], 9)
+            wait_until("the supervisor sees dnsmasq die",
+                       lambda: net.status()["host"]["dnsmasq_pid"] is None, 10)
+            r = net.up(topo)
+            assert "dnsmasq" in r.stdout, r.stdout
+            pid = net.status()["host"]["dnsmasq_pid"]
+            time.sleep(1)
+            d = proc_caps(f"/proc/{pid}/status")
+            assert d["Uid"] == 65534, d
 
         # MCUmgr on every cell: echo and its stats.
         for n, a in addrs.items():

@@ -15,6 +15,7 @@
 //! - [`network`] and [`metrics`]: `ivnet up`/`down`/`status`/`inventory`, the supervisor of a
 //!   running network, and its Prometheus metrics;
 //! - [`observe`]: counting a cell<->cell link from the host, read-only;
+//! - [`privs`]: least privilege for the supervisor (capabilities) and the cells' QEMUs;
 //! - [`topology`]: the topology file of a network of cells (parsed and checked);
 //! - [`netcfg`]: links, bridges and IPv4 addresses configured through rtnetlink;
 //! - [`nft`]: one nftables table of NAT and port forwards per network, through nft's JSON API.
@@ -32,6 +33,7 @@ pub mod netcfg;
 pub mod network;
 pub mod nft;
 pub mod observe;
+pub mod privs;
 pub mod proto;
 pub mod server;
 pub mod size;

@@ -39,6 +39,10 @@ enum Cmd {
         /// Interrupt vectors per peer (ivshmem-net needs 2: state and data).
         #[arg(long, default_value_t = 2)]
         vectors: u16,
+        /// Permission bits of the socket, in octal: who may connect (QEMU and the host peer
+        /// must be able to). 600: only the user running the server.
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        socket_mode: u32,
     },
     /// Join a link as the host peer and bridge it to a TAP device. SIGUSR1 logs its counters.
     Peer {
@@ -128,6 +132,14 @@ enum Cmd {
         #[arg(long, default_value = "eventfd")]
         wait: WaitMode,
     },
+}
+
+/// An octal permission mode such as `600` or `0660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode such as 600 or 660"))
 }
 
 fn stop_flag() -> Arc<AtomicBool> {
@@ -301,13 +313,19 @@ fn main() -> ExitCode {
             socket,
             size,
             vectors,
+            socket_mode,
         } => server::Server::new(server::ServerConfig {
             socket,
             size,
             vectors,
+            socket_mode,
         })
         .map_err(|e| e.to_string())
-        .and_then(|mut s| s.run(&stop).map_err(|e| e.to_string())),
+        .and_then(|mut s| {
+            // The socket is bound: nothing else needs privileges.
+            ivnet_host::privs::drop_all_in_thread();
+            s.run(&stop).map_err(|e| e.to_string())
+        }),
         Cmd::Peer {
             socket,
             tap,
@@ -320,6 +338,8 @@ fn main() -> ExitCode {
             }
             let tap = Tap::open(&tap).map_err(|e| e.to_string())?;
             let client = Client::connect(&socket, vectors).map_err(|e| e.to_string())?;
+            // The TAP is open and the link joined: nothing else needs privileges.
+            ivnet_host::privs::drop_all_in_thread();
             let mut link = Link::new(client).map_err(|e| e.to_string())?;
             static STATS: AtomicBool = AtomicBool::new(false);
             extern "C" fn on_usr1(_: libc::c_int) {

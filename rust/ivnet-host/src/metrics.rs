@@ -196,6 +196,7 @@ pub fn render(status: &Value) -> String {
 pub fn respond(mut s: TcpStream, metrics: &str) -> io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2048];
     let n = s.read(&mut buf)?;
     let req = String::from_utf8_lossy(&buf[..n]);

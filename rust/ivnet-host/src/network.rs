@@ -227,6 +227,8 @@ pub struct Supervisor {
     paths: Paths,
     metrics_addr: String,
     qemu: String,
+    /// The user the cells' QEMUs drop to (when the supervisor runs as root).
+    qemu_user: Option<String>,
     stop: Arc<AtomicBool>,
     record: Record,
     servers: Vec<JoinHandle<io::Result<()>>>,
@@ -276,6 +278,7 @@ impl Supervisor {
             paths,
             metrics_addr,
             qemu: std::env::var("IVNET_QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
+            qemu_user: None,
             stop: Arc::new(AtomicBool::new(false)),
             record: Record {
                 network: Some(network),
@@ -367,6 +370,7 @@ impl Supervisor {
                 socket: self.paths.link(i),
                 size: l.size,
                 vectors: 2,
+                socket_mode: 0o600,
             })
             .map_err(|e| err(format!("link {i}: {e}")))?;
             if host_link_cell(l.ends).is_none() {
@@ -403,6 +407,8 @@ impl Supervisor {
         let (v, stop, sock) = (view.clone(), self.stop.clone(), self.paths.link(link));
         let name = format!("peer-{tap_name}");
         let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // What the peer writes is handled here: with no capabilities (see privs).
+            crate::privs::drop_all_in_thread();
             // The peer stays for the network's life: when its link breaks (the server is
             // being stopped) it tries again until told to stop.
             while !stop.load(Ordering::Relaxed) {
@@ -443,6 +449,7 @@ impl Supervisor {
         let stop = self.stop.clone();
         self.observer = Some(std::thread::Builder::new().name("observer".into()).spawn(
             move || {
+                crate::privs::drop_all_in_thread();
                 while !stop.load(Ordering::Relaxed) {
                     for (o, shared) in obs.iter_mut() {
                         o.sample();
@@ -546,6 +553,9 @@ impl Supervisor {
             self.paths.cell_config(&c.name).display()
         ));
         cmd.arg("-kernel").arg(&c.image);
+        if let Some(user) = &self.qemu_user {
+            cmd.args(crate::privs::qemu_args(user));
+        }
         // One file in append mode for both streams: a restart keeps why the cell died.
         let log = fs::File::options()
             .create(true)
@@ -888,7 +898,20 @@ impl Supervisor {
         let (snap, stop) = (snapshot.clone(), self.stop.clone());
         let metrics_thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve_metrics(metrics, &snap, &stop));
+            .spawn(move || serve_metrics(metrics, snap, &stop));
+        // Built, and every thread started (each dropped all of its capabilities, which needs
+        // CAP_SETPCAP): from here on the main thread keeps only what running and tearing down
+        // the network needs.
+        if nix::unistd::geteuid().is_root() {
+            match crate::privs::keep_only(&crate::privs::SUPERVISOR_CAPS) {
+                Ok(()) => info!(
+                    "privileges dropped: capabilities {:#x} only, no new privileges; cells run as {}",
+                    crate::privs::mask(&crate::privs::SUPERVISOR_CAPS),
+                    self.qemu_user.as_deref().unwrap_or("?")
+                ),
+                Err(e) => warn!("could not drop privileges ({e}): the supervisor keeps full root"),
+            }
+        }
         let mut last_snapshot = Instant::now();
         loop {
             if term.load(Ordering::Relaxed) {
@@ -954,14 +977,35 @@ impl Supervisor {
     }
 }
 
-/// Answers metrics requests from `snapshot` until `stop`.
-fn serve_metrics(listener: TcpListener, snapshot: &Mutex<Value>, stop: &AtomicBool) {
+/// Clients of the metrics endpoint served at once; more are turned away.
+const METRICS_CLIENTS: usize = 8;
+
+/// Answers metrics requests from `snapshot` until `stop`, each client on a thread of its own
+/// (at most [`METRICS_CLIENTS`] at once), so that a client that is slow to send its request
+/// cannot keep the others waiting.
+fn serve_metrics(listener: TcpListener, snapshot: Arc<Mutex<Value>>, stop: &AtomicBool) {
+    // HTTP from anyone who can reach the address: handled with no capabilities (see privs).
+    crate::privs::drop_all_in_thread();
     listener.set_nonblocking(true).expect("nonblocking");
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
-                let text = crate::metrics::render(&snapshot.lock().unwrap());
-                let _ = crate::metrics::respond(s, &text);
+                if busy.fetch_add(1, Ordering::AcqRel) >= METRICS_CLIENTS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue; // dropped: closed at once
+                }
+                let (snap, mine) = (snapshot.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-client".into())
+                    .spawn(move || {
+                        let text = crate::metrics::render(&snap.lock().unwrap());
+                        let _ = crate::metrics::respond(s, &text);
+                        mine.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -1324,6 +1368,10 @@ fn up_locked(
 
 /// `ivnet supervise`: the supervisor process (started by `up`).
 pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()> {
+    // Everything the supervisor and its children create (sockets, consoles, logs) is private.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe { libc::umask(0o077) };
+    let root = nix::unistd::geteuid().is_root();
     let paths = Paths::of_dir(dir)?;
     if !owned(&paths)? {
         return Err(err(format!("{}: no such network", dir.display())));
@@ -1341,16 +1389,24 @@ pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()>
     let metrics_listener =
         TcpListener::bind(metrics).map_err(|e| err(format!("metrics endpoint {metrics}: {e}")))?;
     let mut sup = Supervisor::new(topo, paths.clone(), metrics.to_string());
+    if root {
+        sup.qemu_user = Some(crate::privs::qemu_user()?);
+    }
     sup.save_record();
     sup.up()?;
     let _ = fs::remove_file(paths.control());
-    let control = match UnixListener::bind(paths.control()) {
+    let control = match UnixListener::bind(paths.control()).and_then(|c| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(paths.control(), fs::Permissions::from_mode(0o600))?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             sup.teardown();
             return Err(err(format!("control socket: {e}")));
         }
     };
+
     info!(
         "network {} is up; metrics on http://{metrics}/metrics",
         sup.topo.host.bridge

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub size: usize,
     /// Interrupt vectors per peer (ivshmem-net uses 2: state and data).
     pub vectors: u16,
+    /// Permission bits of the socket (e.g. 0o600: only its owner, root for `ivnet up`, may
+    /// connect).
+    pub socket_mode: u32,
 }
 
 /// Why the server cannot start.
@@ -123,6 +126,12 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
     UnixListener::bind(path).map_err(|e| ServerError::Socket(path.into(), e.to_string()))
 }
 
+fn set_mode(path: &Path, mode: u32) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ServerError::Socket(path.into(), format!("setting its mode {mode:o}: {e}")))
+}
+
 impl Server {
     /// Checks the settings, creates the shared memory and binds the socket.
     pub fn new(cfg: ServerConfig) -> Result<Server, ServerError> {
@@ -130,7 +139,14 @@ impl Server {
         if cfg.vectors == 0 || cfg.vectors > 64 {
             return Err(ServerError::Vectors(cfg.vectors));
         }
+        if cfg.socket_mode > 0o777 {
+            return Err(ServerError::Socket(
+                cfg.socket.clone(),
+                format!("mode {:o} is not a permission mode", cfg.socket_mode),
+            ));
+        }
         let listener = bind_socket(&cfg.socket)?;
+        set_mode(&cfg.socket, cfg.socket_mode)?;
         listener.set_nonblocking(true)?;
         let shm = memfd("ivnet-shm", cfg.size)?;
         let map = Mapping::new(&shm, cfg.size)?;
@@ -170,9 +186,13 @@ impl Server {
         Ok(())
     }
 
-    /// Serves until `stop` becomes true, on a background thread.
+    /// Serves until `stop` becomes true, on a background thread, which holds no capabilities
+    /// (see [`crate::privs`]): it only uses the socket and memory it already has.
     pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<io::Result<()>> {
-        std::thread::spawn(move || self.run(&stop))
+        std::thread::spawn(move || {
+            crate::privs::drop_all_in_thread();
+            self.run(&stop)
+        })
     }
 
     /// Waits up to `timeout_ms` for one round of events and handles them.

@@ -141,6 +141,7 @@ fn bad_settings_are_named() {
         socket,
         size,
         vectors: 2,
+        socket_mode: 0o600,
     };
     let e = Server::new(cfg(3 << 20, dir.0.join("s"))).err().unwrap();
     assert!(matches!(e, ServerError::Size(_)));

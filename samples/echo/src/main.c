@@ -105,8 +105,19 @@ static void tcp_echo(void *a, void *b, void *c)
 			}
 			STATS_INC(echo_stats, tcp_conns);
 			while ((n = zsock_recv(conn, buf, sizeof(buf), 0)) > 0) {
+				ssize_t sent = 0;
+
 				STATS_INCN(echo_stats, tcp_bytes, n);
-				if (zsock_send(conn, buf, n, 0) < 0) {
+				/* A send may take only part of the data: echo all of it. */
+				while (sent < n) {
+					ssize_t r = zsock_send(conn, buf + sent, n - sent, 0);
+
+					if (r < 0) {
+						break;
+					}
+					sent += r;
+				}
+				if (sent < n) {
 					STATS_INC(echo_stats, send_errors);
 					break;
 				}

@@ -58,6 +58,7 @@ pub fn start_observed(tag: &str, size: usize) -> (Running, ivnet_host::observe::
         socket: path.clone(),
         size,
         vectors: 2,
+        socket_mode: 0o600,
     })
     .unwrap();
     let observer = server.observer().unwrap();

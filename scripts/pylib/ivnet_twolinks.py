@@ -1,7 +1,7 @@
 """A cell on two links, for the tests that attack one of them: the cell image (two ivnet
 links, addresses from fw_cfg) in QEMU, link 0 to an honest host peer (TAP ivl0), link 1 to
-`ivnet-hostile` (TAP ivl1), both TAPs in a namespace made here. Shared by test_liveness.py and
-test_hostile.py."""
+`ivnet-hostile` (TAP ivl1, honest until told to attack), both TAPs in a namespace made here.
+Shared by the liveness, hostile-peer and storm tests and by scripts/storm.py and soak.py."""
 
 import os
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ivnet_harness as h
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # scripts/pylib -> the repository
 PYTHON = Path(os.environ.get("ZEPHYR_WORKSPACE", Path.home() / "zephyrproject")) / ".venv/bin/python"
 HOST0, CELL0 = "10.70.0.1", "10.70.0.2"
 HOST1, CELL1 = "10.71.0.1", "10.71.0.2"
@@ -87,9 +87,10 @@ class TwoLinks:
         # load put on it must not depend on the namespace's ARP cache.
         self.ns.ip("neigh", "replace", CELL1, "lladdr", MAC1, "dev", "ivl1", "nud", "permanent")
 
-    def stat(self, group: str) -> dict:
-        """The cell's STATS group `group`, read over MCUmgr on link 0."""
-        r = self.ns.run(str(PYTHON), str(ROOT / "scripts/pylib/mcumgr.py"), "--timeout", "5", CELL0,
+    def stat(self, group: str, via: str = CELL0) -> dict:
+        """The cell's STATS group `group`, read over MCUmgr at address `via` (link 0's by
+        default)."""
+        r = self.ns.run(str(PYTHON), str(ROOT / "scripts/pylib/mcumgr.py"), "--timeout", "5", via,
                         "stat", group, timeout=30, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         return {k: int(v) for k, v in re.findall(r"(\w+)\W+(\d+)", r.stdout)}
