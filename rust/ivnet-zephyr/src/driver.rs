@@ -667,6 +667,9 @@ impl Driver {
         }
         let r = self.receive(iface);
         self.wake_sender();
+        // The counters as they stand after this round: the thread may now sleep for long, and
+        // what it just received must not stay unpublished meanwhile.
+        critical_section::with(|cs| self.publish(&mut self.link.borrow_ref_mut(cs)));
         if entered && r == RoundResult::Idle {
             return RoundResult::More;
         }
