@@ -99,6 +99,18 @@ def test_hostile_peer_against_the_driver(work, cell_elf):
               f"{r['logs']} log lines, link 0 {r['link0']}")
 
 
+def peer_counters(peer: h.HostPeer, work) -> dict:
+    """The host peer's counters, which it logs on SIGUSR1."""
+    mark = len((work / "peer.log").read_text())
+    peer.proc.send_signal(signal.SIGUSR1)
+    for _ in range(50):
+        time.sleep(0.1)
+        stats = re.findall(r"stats: Stats \{([^}]*)\}", (work / "peer.log").read_text()[mark:])
+        if stats:
+            return {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", stats[-1])}
+    raise AssertionError("the host peer logged no counters")
+
+
 BRIDGE_ATTACKS = [a for a in EXPECT if a != "doorbell-flood"] + ["doorbell-flood"]
 
 
@@ -130,18 +142,34 @@ def test_hostile_peer_against_the_host_bridge(work, attack):
         pinger = ns_a.popen("ping", "-c", str(ATTACK_SECS * 100), "-i", "0.01", "-W", "1", b_addr,
                             log=work / "ping.log")
         log_mark = len((work / "peer.log").read_text())
+
+        def tap_frames() -> int:
+            """Frames the namespace's kernel handed to the bridge's TAP."""
+            return int(ns_a.run("cat", "/sys/class/net/ivb0/statistics/tx_packets").stdout)
+
+        sent_before, tap_before = peer_counters(peer, work)["tx_frames"], tap_frames()
         hostile.send_signal(signal.SIGUSR1)
         time.sleep(ATTACK_SECS)
+        if attack == "republish":
+            # The peer keeps a full queue of frames published all along: the bridge still
+            # moves every frame the TAP gives it into the link (the pings' echo requests; the
+            # flood takes CPU, so ping itself sends fewer than 100/s), and stops at once.
+            tap = tap_frames() - tap_before
+            sent = peer_counters(peer, work)["tx_frames"] - sent_before
+            print(f"republish: during the flood the TAP gave {tap} frames, the bridge moved {sent}")
+            assert sent >= 100 and sent >= tap - 5, (tap, sent)
+            t = time.time()
+            peer.proc.terminate()
+            peer.proc.wait(5)
+            print(f"republish: ivnet peer stopped {time.time() - t:.3f} s after SIGTERM")
+            assert time.time() - t < 1.0
+            peer.start()
         hostile.send_signal(signal.SIGUSR2)
         pinger.wait(30)
         back = link_ok(30)
         assert peer.proc.poll() is None, f"{attack}: ivnet peer died"
-        peer.proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)
+        counters = peer_counters(peer, work)
         log = (work / "peer.log").read_text()
-        stats = re.findall(r"stats: Stats \{([^}]*)\}", log)
-        assert stats, log[-500:]
-        counters = {k: int(v) for k, v in re.findall(r"(\w+): (\d+)", stats[-1])}
         errors = len(re.findall(r"ERROR", log[log_mark:]))
         print(f"{attack}: host bridge back in {back:.2f} s, {errors} error lines, counters {counters}")
         if attack not in NO_RESET | {"stall", "state-flap", "owner-table"}:

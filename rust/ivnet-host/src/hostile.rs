@@ -225,11 +225,12 @@ impl Rng {
     }
 }
 
-/// An ARP request "who has 0.0.0.0" from a made-up MAC, broadcast: a valid frame the other end
-/// processes and does not answer.
+/// A valid frame nobody answers: an ARP request "who has 0.0.0.0" from one made-up MAC to
+/// another (unicast, so the other end's stack drops it at once: the flood tests the link, not
+/// the stack above it).
 fn arp_frame() -> [u8; 60] {
     let mut f = [0u8; 60];
-    f[..6].copy_from_slice(&[0xff; 6]);
+    f[..6].copy_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 2]);
     f[6..12].copy_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 1]);
     f[12..14].copy_from_slice(&[0x08, 0x06]);
     // htype 1, ptype IPv4, hlen 6, plen 4, op 1 (request), sender MAC.

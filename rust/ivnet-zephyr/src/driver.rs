@@ -134,6 +134,9 @@ struct Link {
     instance: i32,
     /// Messages a peer can provoke: at most one a second.
     errors: RateLimit,
+    /// Bumped by everything a round can achieve (a frame received, a completion reclaimed, a
+    /// state transition, a reset): a round that leaves it unchanged was woken for nothing.
+    work: u32,
     stats: Stats,
 }
 
@@ -185,6 +188,7 @@ impl Link {
             let _ = self.queues.rx.enable_notify();
         }
         self.stats.state_changes = self.stats.state_changes.wrapping_add(transitions);
+        self.work = self.work.wrapping_add(transitions);
         if before != self.state {
             dbg!("link: {:?} -> {:?}", before, self.state);
         }
@@ -198,6 +202,7 @@ impl Link {
             Ok(n) => {
                 let in_flight = self.queues.tx.in_flight();
                 self.progress.note(now(), n, in_flight);
+                self.work = self.work.wrapping_add(u32::from(n));
                 Ok(())
             }
             Err(e) => Err(self.protocol_reset(e)),
@@ -235,6 +240,7 @@ impl Link {
     }
 
     fn reset_to(&mut self, s: LinkState) -> Effects {
+        self.work = self.work.wrapping_add(1);
         self.state = s;
         let _ = self.t.set_state(s);
         self.tx_waiting = false;
@@ -523,6 +529,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
             reset_pending: false,
             instance: cfg.instance,
             errors: RateLimit::new(1000),
+            work: 0,
             stats: Stats::default(),
         })),
         mac: mac_for(cfg, id),
@@ -635,10 +642,13 @@ impl Driver {
         self.stats.publish(&l.stats);
     }
 
-    /// One round of the link thread: follow the state, receive, wake a waiting sender.
-    fn round(&self, iface: *mut net_if) -> RoundResult {
+    /// One round of the link thread: follow the state, receive, wake a waiting sender. Also
+    /// says whether the round achieved anything (see `Link::work`).
+    fn round(&self, iface: *mut net_if) -> (RoundResult, bool) {
+        let mut work_before = 0;
         let (fx, peer, running) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
+            work_before = l.work;
             self.publish(&mut l);
             let pending = core::mem::take(&mut l.reset_pending);
             let mut fx = l.update();
@@ -663,17 +673,21 @@ impl Driver {
         self.apply(iface, fx, peer);
         if !running {
             self.wake_sender();
-            return RoundResult::Idle;
+            return (RoundResult::Idle, false);
         }
         let r = self.receive(iface);
         self.wake_sender();
         // The counters as they stand after this round: the thread may now sleep for long, and
         // what it just received must not stay unpublished meanwhile.
-        critical_section::with(|cs| self.publish(&mut self.link.borrow_ref_mut(cs)));
+        let worked = critical_section::with(|cs| {
+            let mut l = self.link.borrow_ref_mut(cs);
+            self.publish(&mut l);
+            l.work != work_before
+        });
         if entered && r == RoundResult::Idle {
-            return RoundResult::More;
+            return (RoundResult::More, true);
         }
-        r
+        (r, worked)
     }
 
     /// How long the link thread may sleep before it must look at the peer's progress: set
@@ -754,6 +768,7 @@ impl Driver {
                 if l.queues.rx.complete(frame).is_err() {
                     return false;
                 }
+                l.work = l.work.wrapping_add(1);
                 if pkt.is_some() {
                     l.stats.rx_frames += 1;
                     l.stats.rx_bytes = l.stats.rx_bytes.wrapping_add(frame.len as u32);
@@ -1082,6 +1097,7 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
     };
     let mut more = false;
     let mut no_buffer_logged = false;
+    let mut idle_wakeups = 0u32;
     loop {
         let iface = d.iface.load(Ordering::Acquire);
         if !more {
@@ -1110,7 +1126,18 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
             more = false;
             continue;
         }
-        more = match d.round(iface) {
+        let (result, worked) = d.round(iface);
+        // Woken twice in a row for nothing: a peer is ringing without a reason (a doorbell
+        // flood). Let the doorbells pile up for a millisecond: they are level-like (the
+        // signal stays raised), so nothing is lost, and the thread no longer runs once per
+        // doorbell.
+        idle_wakeups = if worked { 0 } else { idle_wakeups + 1 };
+        if idle_wakeups >= 2 {
+            idle_wakeups = 0;
+            // SAFETY: plain sleep of the link thread.
+            unsafe { sys::k_sleep(sys::msec(1)) };
+        }
+        more = match result {
             RoundResult::Idle => false,
             RoundResult::More => {
                 // A full budget and more waiting: let threads of our priority (the
