@@ -21,11 +21,13 @@ use crate::client::drain_eventfd;
 use crate::link::Link;
 use crate::tap::Tap;
 
-/// What the hostile peer does during its attack phase. Every attack stops completing the
-/// other end's frames; those that need the other end to have frames in flight (`stall`,
-/// `used-index`, `used-id`, the state and owner attacks) keep forwarding TAP -> link
-/// meanwhile, so that it keeps answering. Every 10 ms each attack but `stall` and
-/// `doorbell-flood` writes its corruption into the shared memory and rings the other end.
+/// What the hostile peer does during its attack phase. The attacks that break the protocol
+/// stop completing the other end's frames; those that need the other end to have frames in
+/// flight (`stall`, `used-index`, `used-id`, the state and owner attacks) keep forwarding
+/// TAP -> link meanwhile, so that it keeps answering. The attacks that stay within the
+/// protocol (`oversize`, `republish`, `doorbell-flood`) keep receiving and completing. Every
+/// 10 ms each attack but `stall` and `doorbell-flood` writes its corruption into the shared
+/// memory and rings the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attack {
     /// A hung peer whose host side still sends: stays in RUN, never completes (nor even
@@ -117,12 +119,13 @@ pub fn run(
                 || when.duration.is_some_and(|d| t1.elapsed() >= d)
         };
         match attack {
-            Attack::Stall => stall(link, tap, true, over, |_, _| {})?,
-            Attack::DoorbellFlood => flood(link, over),
+            Attack::Stall => stall(link, tap, true, false, over, |_, _| {})?,
+            Attack::DoorbellFlood => flood(link, tap, over),
             a => {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(a as u8));
                 let mut tick = 0u64;
-                stall(link, tap, forwards(a), over, |link, t| {
+                let (forward, complete) = (forwards(a), completes(a));
+                stall(link, tap, forward, complete, over, |link, t| {
                     if t.elapsed() >= Duration::from_millis(10 * tick) {
                         tick += 1;
                         corrupt(link, a, &mut rng);
@@ -152,12 +155,24 @@ fn forwards(a: Attack) -> bool {
     )
 }
 
-/// The stall: keeps RUN, never receives or completes, sends what the TAP gives when `forward`;
-/// calls `each(link, start)` every round (at least every 10 ms).
+/// Whether attack `a` keeps receiving and completing the other end's frames: the attacks that
+/// stay within the protocol (too-long frames, republished frames, doorbells), whose other end
+/// must then neither reset the link nor judge it stuck.
+fn completes(a: Attack) -> bool {
+    matches!(
+        a,
+        Attack::Oversize | Attack::Republish | Attack::DoorbellFlood
+    )
+}
+
+/// The stall: keeps RUN and ignores the other end's state; receives and completes its frames
+/// only when `complete`; sends what the TAP gives when `forward`. Calls `each(link, start)`
+/// every round (at least every 10 ms).
 fn stall(
     link: &mut Link,
     tap: &Tap,
     forward: bool,
+    complete: bool,
     over: impl Fn() -> bool,
     mut each: impl FnMut(&mut Link, Instant),
 ) -> io::Result<()> {
@@ -177,6 +192,9 @@ fn stall(
             }
         }
         drain_eventfd(link.client().vector(VECTOR_DATA).expect("data vector"));
+        if complete {
+            bridge::link_to_tap(link, tap, &mut warnings);
+        }
         if !forward {
             // Drain the TAP so that it does not keep poll() awake.
             let mut buf = [0u8; 2048];
@@ -198,8 +216,10 @@ fn stall(
     Ok(())
 }
 
-/// Rings both of the other end's vectors as fast as possible until `over`.
-fn flood(link: &mut Link, over: impl Fn() -> bool) {
+/// Rings both of the other end's vectors as fast as possible until `over`, and otherwise
+/// behaves: receives, completes, forwards.
+fn flood(link: &mut Link, tap: &Tap, over: impl Fn() -> bool) {
+    let mut warnings = Warnings::default();
     let mut n = 0u64;
     while !over() {
         for _ in 0..256 {
@@ -207,6 +227,9 @@ fn flood(link: &mut Link, over: impl Fn() -> bool) {
             link.ring(VECTOR_DATA);
         }
         n += 512;
+        bridge::link_to_tap(link, tap, &mut warnings);
+        let _ = link.reclaim();
+        bridge::tap_to_link(link, tap, &mut warnings);
     }
     info!("doorbell flood: {n} doorbells rung");
 }
