@@ -45,19 +45,38 @@ pub struct RxFrame {
     pub len: usize,
 }
 
-/// A place in our data area reserved for one outgoing frame, not yet made available.
+/// A place in our data area reserved for one outgoing frame, not yet made available. Only
+/// [`TxQueue::reserve`] makes one, and its fields can be read but not changed, so a slot handed
+/// to [`TxQueue::push`] always names what was reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxSlot {
-    /// Descriptor index it will use.
-    pub id: u16,
-    /// Offset of the frame from the start of our section.
-    pub offset: usize,
-    /// Frame length in bytes.
-    pub len: usize,
+    id: u16,
+    offset: usize,
+    len: usize,
     size: usize,
 }
 
 impl TxSlot {
+    /// Descriptor index it will use.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Offset of the frame from the start of our section.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Frame length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a slot of no bytes (never, from `reserve`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The same slot holding only `len <= self.len` bytes (after filling it in place with a
     /// frame whose length was not known when it was reserved).
     pub fn shrink(self, len: usize) -> TxSlot {
@@ -197,7 +216,7 @@ impl<'a, S: SlotTable> TxQueue<'a, S> {
     }
 
     /// The shared memory of our section, to copy a reserved frame into
-    /// (`slot.offset .. slot.offset + slot.len`).
+    /// (`slot.offset() .. slot.offset() + slot.len()`).
     pub fn region(&self) -> &Region<'a> {
         &self.own
     }

@@ -72,6 +72,17 @@ pub const fn section_offset(size: usize, slot: usize) -> usize {
     CONTROL_SIZE + slot * section_size(size)
 }
 
+/// The owner word for `id` in `slot` (id + 1; 0 for none), refusing the one id that would wrap.
+fn owner_word(slot: usize, id: Option<u32>) -> Result<u32, OutOfBounds> {
+    match id {
+        None => Ok(0),
+        Some(i) => i.checked_add(1).ok_or(OutOfBounds {
+            offset: OWNER_OFF + 4 * slot,
+            len: 4,
+        }),
+    }
+}
+
 /// Smallest power-of-two region that carries the protocol.
 pub fn min_region_size() -> usize {
     let mut s = CONTROL_SIZE * 2;
@@ -129,30 +140,32 @@ impl<'a> V1Region<'a> {
         Ok(raw.checked_sub(1))
     }
 
-    /// Records the owner of `slot` (server only): zeroes its state word first.
+    /// Records the owner of `slot` (server only): zeroes its state word first. Ids go up to
+    /// `u32::MAX - 1` (the word holds id + 1; 0 is "free"): `u32::MAX` is refused.
     pub fn set_owner(&self, slot: usize, id: Option<u32>) -> Result<(), OutOfBounds> {
+        let raw = owner_word(slot, id)?;
         self.set_state(slot, 0)?;
-        let raw = match id {
-            Some(i) => i.wrapping_add(1),
-            None => 0,
-        };
         self.region.store_u32(OWNER_OFF + 4 * slot, raw)
     }
 
     /// Rewrites the owner word of `slot` alone, leaving its state word (server only: repairs
     /// an owner table that a peer overwrote).
     pub fn set_owner_word(&self, slot: usize, id: Option<u32>) -> Result<(), OutOfBounds> {
-        let raw = match id {
-            Some(i) => i.wrapping_add(1),
-            None => 0,
-        };
+        let raw = owner_word(slot, id)?;
         self.region.store_u32(OWNER_OFF + 4 * slot, raw)
     }
 
     /// The link state of the peer of `slot` (the other slot): RESET when that slot has no
     /// owner (the peer left, and the server zeroed it), else its state word, validated.
     pub fn peer_state(&self, slot: usize) -> Result<LinkState, ProtocolError> {
-        let other = 1 - slot;
+        if slot >= SLOTS {
+            return Err(OutOfBounds {
+                offset: STATE_OFF + 4 * slot,
+                len: 4,
+            }
+            .into());
+        }
+        let other = slot ^ 1;
         if self.owner(other)?.is_none() {
             return Ok(LinkState::Reset);
         }

@@ -457,8 +457,10 @@ fn sender(
         match tx.reserve(size) {
             Some(slot) => {
                 let r = *tx.region();
-                r.write_bytes(slot.offset, &seq.to_le_bytes())
-                    .and_then(|()| r.write_bytes(slot.offset + SEQ_BYTES, body(pattern, seq, size)))
+                r.write_bytes(slot.offset(), &seq.to_le_bytes())
+                    .and_then(|()| {
+                        r.write_bytes(slot.offset() + SEQ_BYTES, body(pattern, seq, size))
+                    })
                     .map_err(|e| protocol(WHO)(e.into()))?;
                 tx.push(slot).map_err(protocol(WHO))?;
                 seq += 1;

@@ -317,7 +317,7 @@ impl Link {
             self.stats.ring_full += 1;
             return Ok(None);
         };
-        let Some(n) = fill(self.queues.tx.region(), slot.offset) else {
+        let Some(n) = fill(self.queues.tx.region(), slot.offset()) else {
             return Ok(None);
         };
         if n < MIN_FRAME as usize {

@@ -11,6 +11,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
+/// Most file descriptors one message can carry (Linux's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
 /// The only protocol version QEMU's ivshmem device speaks.
 pub const PROTOCOL_VERSION: i64 = 0;
 
@@ -42,7 +45,11 @@ pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(i64, Option<OwnedFd>
     let mut got = 0;
     let mut fd = None;
     while got < 8 {
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD): with a
+        // smaller buffer the kernel would still install them all in our table but truncate
+        // the list (MSG_CTRUNC), and the ones not listed would never be closed. We keep the
+        // first and close the rest.
+        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let mut iov = [IoSliceMut::new(&mut bytes[got..])];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),

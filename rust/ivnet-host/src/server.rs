@@ -2,7 +2,10 @@
 //! an ivshmem-net link on the flat v1 region (see [`ivnet_core::v1`]).
 //!
 //! - Ids only grow: QEMU frees a departed peer's eventfds without forgetting them and crashes
-//!   when the same id comes back, so an id is never handed out twice.
+//!   when the same id comes back, so an id is never handed out twice. QEMU's doorbell register
+//!   holds 16 bits of peer id, so after id 65535 the server refuses newcomers (a link whose
+//!   peers joined 65536 times needs its server restarted) rather than hand out an id nobody
+//!   could ring.
 //! - The server keeps the slot-owner table in the control page: on join it writes the
 //!   newcomer's slot owner (zeroing its state word) before the newcomer learns its id, then
 //!   rings the other slot's owner on vector 0; on leave it zeroes the slot's owner and state
@@ -93,7 +96,11 @@ pub struct Server {
     next_id: u32,
     owner_repairs: u64,
     repair_log: RateLimit,
+    refusal_log: RateLimit,
 }
+
+/// The highest peer id QEMU's ivshmem-doorbell can ring (16 bits in its doorbell register).
+pub const MAX_PEER_ID: u32 = 0xffff;
 
 fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -166,6 +173,7 @@ impl Server {
             next_id: 0,
             owner_repairs: 0,
             repair_log: RateLimit::new(1000),
+            refusal_log: RateLimit::new(1000),
         })
     }
 
@@ -290,12 +298,33 @@ impl Server {
             self.remove_departed();
         }
         let Some(slot) = free(&self.peers) else {
-            warn!(
-                "refusing a third peer: this link has {SLOTS} slots, both taken (ids {:?})",
-                self.peers.iter().map(|p| p.id).collect::<Vec<_>>()
-            );
+            if let Some(n) = self.refusal_log.check(crate::link::millis()) {
+                warn!(
+                    "refusing a third peer: this link has {SLOTS} slots, both taken (ids {:?}){}",
+                    self.peers.iter().map(|p| p.id).collect::<Vec<_>>(),
+                    if n > 0 {
+                        format!("; {n} more refused")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             return; // dropping the stream closes it
         };
+        if self.next_id > MAX_PEER_ID {
+            if let Some(n) = self.refusal_log.check(crate::link::millis()) {
+                warn!(
+                    "refusing a peer: ids 0-{MAX_PEER_ID} are used up (QEMU can ring no higher \
+                     id): restart this link's server{}",
+                    if n > 0 {
+                        format!("; {n} more refused")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let vectors: Result<Vec<EventFd>, _> = (0..self.cfg.vectors)

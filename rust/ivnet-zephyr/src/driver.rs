@@ -910,7 +910,7 @@ impl Driver {
                     let _ = l.queues.tx.request_completion_notify();
                     return Tx::Wait(left);
                 };
-                let Ok(dst) = l.queues.tx.region().ptr_range(slot.offset, len) else {
+                let Ok(dst) = l.queues.tx.region().ptr_range(slot.offset(), len) else {
                     return Tx::Fail(-(sys::EIO as c_int));
                 };
                 // SAFETY: dst is a checked range of `len` bytes in our own section, reserved

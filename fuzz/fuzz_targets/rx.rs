@@ -1,0 +1,8 @@
+//! libFuzzer entry point of the `rx` target; the harness is
+//! [`ivnet_fuzz_common::rx`] (shared with the corpus replay tool and the tests).
+#![no_main]
+
+use ivnet_fuzz_common::rx::{run, Input};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: Input| run(&input));
