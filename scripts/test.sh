@@ -40,11 +40,14 @@ step "host link across namespaces (netns-ping)" bash tests/host/netns-ping.sh
 step "fuzz crate: fmt, clippy, regression inputs" \
   env CARGO_TARGET_DIR="$HOME/.cache/ivnet-fuzz/check" bash -c "cd fuzz && cargo fmt --check && cargo clippy --all-targets --quiet -- -D warnings && cargo test -q -p ivnet-fuzz-common"
 step "fuzz: every target ${IVNET_FUZZ_SECS:-10} s, corpora replayed for ProtocolError variants" \
-  env IVNET_FUZZ_SECS="${IVNET_FUZZ_SECS:-10}" bash fuzz/run.sh
+  env IVNET_FUZZ_SECS="${IVNET_FUZZ_SECS:-10}" IVNET_FUZZ_VARIANTS="${IVNET_FUZZ_VARIANTS:-report}" bash fuzz/run.sh
 
 if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   . scripts/zephyr-env.sh
   build=$here/build
+  # ccache (Zephyr uses it when installed): paths under the clone are rewritten relative to
+  # it, so that a fresh clone (CI) hits the cache of the last one.
+  export CCACHE_BASEDIR="$here" CCACHE_NOHASHDIR=true
   step "west build samples/echo (qemu_cortex_a53, module from outside the tree)" \
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo"
   step "west build samples/echo as a network cell (-S ivnet -S ivnet-cell: two links, fw_cfg config, MCUmgr)" \

@@ -77,6 +77,7 @@ def wait_ping(ns: h.Netns, addr: str, timeout: float) -> float | None:
     while time.time() - t < timeout:
         if ping_ok(ns, addr):
             return time.time() - t
+        time.sleep(0.05)
     return None
 
 

@@ -107,6 +107,7 @@ class TwoLinks:
         t = time.time()
         while self.ns.run("ping", "-c", "1", "-W", "1", CELL1, check=False).returncode != 0:
             assert time.time() - t < timeout, f"link 1 did not come back within {timeout} s"
+            time.sleep(0.05)
         return time.time() - t
 
     def assert_no_fatal(self) -> None:

@@ -38,13 +38,16 @@ EXPECT = {
     "used-id": "protocol_resets",
     "state-word": "protocol_resets",
     "state-flap": "state_changes",
-    "owner-table": "state_changes",
+    "owner-table": "state_changes",  # a wrong owner word reads as "peer gone": RESET
     "header-garbage": "protocol_resets",
     "doorbell-flood": None,
-    "republish": "rx_frames",
+    "republish": "rx_frames",  # the blaster's requests are not forwarded meanwhile
+    "drip": "tx_dropped",
 }
 # Attacks that must not reset the link (the peer stayed within the protocol).
-NO_RESET = {"oversize", "doorbell-flood", "republish"}
+NO_RESET = {"oversize", "doorbell-flood", "republish", "drip"}
+# The stall must outlast the driver's watchdog (2 s) by a margin on a loaded host.
+SECS = {"stall": 5}
 
 
 def test_hostile_peer_against_the_driver(work, cell_elf):
@@ -53,7 +56,7 @@ def test_hostile_peer_against_the_driver(work, cell_elf):
         two = TwoLinks(st, work, cell_elf, "ivnet-hostile", attack="stall")
         ns, vm = two.ns, two.vm
         # Link 1 keeps being asked for answers (in-flight frames for the completion attacks).
-        two.blaster(st, CELL1, 100, 200, len(EXPECT) * (ATTACK_SECS + 40) + 60)
+        two.blaster(st, CELL1, 100, 200, len(EXPECT) * (ATTACK_SECS + 45) + 60)
         first = True
         for attack, counter in EXPECT.items():
             if not first:
@@ -65,34 +68,39 @@ def test_hostile_peer_against_the_driver(work, cell_elf):
                 st.push(Closer(two.hostile))
                 two.wait_link1_back(30)
             first = False
+            secs = SECS.get(attack, ATTACK_SECS)
             before = two.stat("ivnet1")
             mark = vm.mark()
-            pinger = ns.popen("ping", "-c", str(ATTACK_SECS * 50), "-i", "0.02", "-W", "1", CELL0,
+            pinger = ns.popen("ping", "-c", str(secs * 50), "-i", "0.02", "-W", "1", CELL0,
                               log=work / f"ping0-{attack}.log")
             two.hostile.send_signal(signal.SIGUSR1)
-            time.sleep(ATTACK_SECS)
+            time.sleep(secs)
+            # What the attack did, counted before it ends (the recovery handshake afterwards
+            # moves counters of its own).
+            mid = two.stat("ivnet1")
             two.hostile.send_signal(signal.SIGUSR2)
             pinger.wait(30)
             back = two.wait_link1_back(30)
-            after = two.stat("ivnet1")
             during = vm.buf[mark:]
             text = (work / f"ping0-{attack}.log").read_text()
             rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", text)]
-            grew = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            grew = {k: mid[k] - before[k] for k in mid if mid[k] != before[k]}
             logged = len(re.findall(r"ivnet1: peer (broke|completed)", during))
             row = {"attack": attack, "grew": grew, "back_s": round(back, 2), "logs": logged,
-                   "link0": f"{len(rtts)}/{ATTACK_SECS * 50} p99 {pct(rtts, 99):.2f} ms" if rtts else "none"}
+                   "link0": f"{len(rtts)}/{secs * 50}, p99 {pct(rtts, 99):.2f} ms" if rtts else "none"}
             results.append(row)
             print(row)
             two.assert_no_fatal()
             assert "ivnet0: carrier off" not in during, f"{attack}: link 0 went down"
-            assert len(rtts) >= ATTACK_SECS * 50 - 2, f"{attack}: link 0 lost pings: {text[-300:]}"
+            assert len(rtts) >= secs * 50 - 2, f"{attack}: link 0 lost pings: {text[-300:]}"
+            # Whatever happens on link 1, link 0 keeps its latency.
+            assert pct(rtts, 99) < 10.0, (attack, row["link0"])
             if counter:
                 assert grew.get(counter, 0) > 0, (attack, counter, grew)
             if attack in NO_RESET:
                 assert "protocol_resets" not in grew and "peer_stalls" not in grew, (attack, grew)
             # Peer-triggered messages are rate-limited: one a second at most (and a first one).
-            assert logged <= ATTACK_SECS + 3, (attack, logged)
+            assert logged <= secs + 3, (attack, logged)
     print("\nhostile peer vs driver:")
     for r in results:
         print(f"  {r['attack']:<15} counters grew {r['grew']}, link 1 back in {r['back_s']} s, "
@@ -135,6 +143,7 @@ def test_hostile_peer_against_the_host_bridge(work, attack):
             t = time.time()
             while ns_a.run("ping", "-c", "1", "-W", "1", b_addr, check=False).returncode != 0:
                 assert time.time() - t < timeout, f"{attack}: the link did not come back"
+                time.sleep(0.05)
             return time.time() - t
 
         link_ok(20)
@@ -170,7 +179,7 @@ def test_hostile_peer_against_the_host_bridge(work, attack):
         assert peer.proc.poll() is None, f"{attack}: ivnet peer died"
         counters = peer_counters(peer, work)
         log = (work / "peer.log").read_text()
-        errors = len(re.findall(r"ERROR", log[log_mark:]))
+        errors = len(re.findall(r"ERROR|WARN", log[log_mark:]))
         print(f"{attack}: host bridge back in {back:.2f} s, {errors} error lines, counters {counters}")
         if attack not in NO_RESET | {"stall", "state-flap", "owner-table"}:
             assert counters["protocol_resets"] > 0, counters
@@ -178,5 +187,6 @@ def test_hostile_peer_against_the_host_bridge(work, attack):
             assert counters["rx_oversize"] > 0 and counters["protocol_resets"] == 0, counters
         if attack in NO_RESET:
             assert counters["protocol_resets"] == 0, counters
-        # Rate-limited: at most one error line a second of attack (and a first one).
-        assert errors <= ATTACK_SECS + 3, log[log_mark:][-2000:]
+        # Rate-limited: at most one error or warning line a second of attack per kind (protocol
+        # errors; dropped frames; TAP errors), and a first one each.
+        assert errors <= 2 * ATTACK_SECS + 6, log[log_mark:][-2000:]

@@ -199,8 +199,10 @@ def test_network_of_cells(cell_elf, work):
         # every socket is private.
         sup = st1["supervisor_pid"]
         keep = sum(1 << c for c in (5, 6, 7, 10, 12, 13))  # KILL SETGID SETUID NET_BIND NET_ADMIN NET_RAW
+        effective = sum(1 << c for c in (5, 12))  # KILL NET_ADMIN
         main_caps = proc_caps(f"/proc/{sup}/status")
-        assert main_caps["CapEff"] == keep and main_caps["CapBnd"] == keep, main_caps
+        assert main_caps["CapPrm"] == keep and main_caps["CapBnd"] == keep, main_caps
+        assert main_caps["CapEff"] == effective, main_caps
         assert main_caps["NoNewPrivs"] == 1, main_caps
         tasks = [t for t in os.listdir(f"/proc/{sup}/task") if int(t) != sup]
         assert len(tasks) >= N, tasks

@@ -17,6 +17,10 @@
 //!   ([`Progress::stuck`]): the link is then reset (carrier off, our state RESET), which also
 //!   frees the ring. A peer that comes back sees our RESET and the handshake starts over.
 //!
+//! A peer that completes a frame now and then, just often enough never to look stuck (a
+//! "drip"), would still hold the sender up at every frame; [`WaitBudget`] caps how much of each
+//! window of time a link's senders may spend waiting, whatever the peer does.
+//!
 //! Times are milliseconds of any monotonic clock the caller chooses.
 //!
 //! ```
@@ -96,9 +100,82 @@ impl Progress {
     }
 }
 
+/// How much of each window of time the senders of one link may spend waiting for its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitBudget {
+    window_ms: u32,
+    budget_ms: u32,
+    start: u64,
+    used: u32,
+}
+
+impl WaitBudget {
+    /// At most `budget_ms` of waiting in every `window_ms`.
+    pub const fn new(window_ms: u32, budget_ms: u32) -> WaitBudget {
+        WaitBudget {
+            window_ms,
+            budget_ms,
+            start: 0,
+            used: 0,
+        }
+    }
+
+    /// Milliseconds a sender may still wait in the window that holds `now` (a new window
+    /// starts with the whole budget).
+    pub fn left(&mut self, now: u64) -> u32 {
+        if now < self.start || now - self.start >= u64::from(self.window_ms) {
+            self.start = now;
+            self.used = 0;
+        }
+        self.budget_ms.saturating_sub(self.used)
+    }
+
+    /// Records `ms` of waiting.
+    pub fn charge(&mut self, ms: u32) {
+        self.used = self.used.saturating_add(ms);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_budget_holds_per_window() {
+        let mut b = WaitBudget::new(100, 10);
+        assert_eq!(b.left(1000), 10);
+        b.charge(7);
+        assert_eq!(b.left(1050), 3);
+        b.charge(7);
+        assert_eq!(b.left(1099), 0);
+        // A new window, a new budget.
+        assert_eq!(b.left(1100), 10);
+        b.charge(u32::MAX);
+        assert_eq!(b.left(1101), 0);
+        // A clock that goes back starts a window too.
+        assert_eq!(b.left(5), 10);
+    }
+
+    #[test]
+    fn a_dripping_peer_gets_at_most_the_budget() {
+        // The peer completes one frame every 40 ms: never stuck, so a sender may wait for it,
+        // but only 10 ms of every 100.
+        let (mut p, mut b) = (Progress::new(50, 2000), WaitBudget::new(100, 10));
+        p.restart(0);
+        let mut waited = 0u64;
+        for t in 0..10_000u64 {
+            if t % 40 == 0 {
+                p.note(t, 1, 100);
+            }
+            let may = p.wait_left(t).min(b.left(t));
+            if may > 0 {
+                b.charge(1);
+                waited += 1;
+            }
+            assert!(!p.stuck(t, 100));
+        }
+        assert_eq!(waited, 10 * 100, "10 % of the time, exactly the budget");
+    }
 
     #[test]
     fn a_peer_that_keeps_completing_is_never_stuck_and_senders_may_wait() {

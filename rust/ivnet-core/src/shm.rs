@@ -5,12 +5,15 @@
 //! checks the offset and the length against the window, so that a bad value read from the peer
 //! can at worst produce an [`OutOfBounds`] error, never an access outside the window.
 //!
-//! Ring indices are accessed atomically with explicit ordering (`Acquire` for what the peer
-//! publishes, `Release` for what we publish); descriptor fields and frame bytes with volatile
-//! accesses (frame bytes in aligned 8-byte words where possible), never with plain loads or
-//! `memcpy`: the peer may write any byte at any time, and to Rust a plain access racing with
-//! it would be undefined behaviour. Code that hands a region's bytes to something outside
-//! Rust (a system call, assembly) takes a raw pointer from [`Region::ptr_range`].
+//! Every access is atomic: ring indices with explicit ordering (`Acquire` for what the peer
+//! publishes, `Release` for what we publish), descriptor fields and frame bytes `Relaxed`
+//! (frame bytes in aligned 8-byte words where possible), never plain loads or `memcpy`: the
+//! peer may write any byte at any time, and to Rust a non-atomic access racing with a write
+//! (plain or volatile, within one process, as in the tests and `ivnet bench-core`, whose two
+//! ends share one memfd) is undefined behaviour. Relaxed atomic loads and stores compile to
+//! the same instructions as plain ones on the targets used here. Code that hands a region's
+//! bytes to something outside Rust (a system call, assembly) takes a raw pointer from
+//! [`Region::ptr_range`].
 //!
 //! A `Region<'a>` borrows the memory for `'a`: [`crate::testmem::TestMem::region`] and the
 //! host's mappings hand out regions that cannot outlive them, so safe code cannot use a region
@@ -30,7 +33,7 @@
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// An access that would fall (partly) outside a [`Region`], or is misaligned for its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +53,9 @@ pub struct Region<'a> {
     _mem: PhantomData<&'a UnsafeCell<[u8]>>,
 }
 
-// SAFETY: a Region is only a bounds-checked pointer into memory that is shared by design; all
-// accesses are atomic, volatile or byte copies, so moving or sharing the window between
-// threads adds no hazard beyond the cross-VM sharing the protocol already handles.
+// SAFETY: a Region is only a bounds-checked pointer into memory that is shared by design; every
+// access is atomic (see the module docs), so moving or sharing the window between threads adds
+// no data race; what the other side writes is validated as the protocol requires.
 unsafe impl Send for Region<'_> {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for Region<'_> {}
@@ -145,89 +148,91 @@ impl<'a> Region<'a> {
         Ok(())
     }
 
-    /// Reads a little-endian `u64` (a descriptor address) with a volatile read.
+    /// Reads a little-endian `u64` (a descriptor address), relaxed (no ordering).
     pub fn read_u64(&self, offset: usize) -> Result<u64, OutOfBounds> {
         let p = self.check(offset, 8, 8)?;
-        // SAFETY: in bounds and aligned (checked); any bit pattern is a valid u64.
-        Ok(u64::from_le(unsafe {
-            core::ptr::read_volatile(p as *const u64)
-        }))
+        // SAFETY: in bounds and 8-byte aligned (checked), AtomicU64's layout is u64's, and all
+        // accesses to shared memory are atomic.
+        Ok(u64::from_le(
+            unsafe { AtomicU64::from_ptr(p as *mut u64) }.load(Ordering::Relaxed),
+        ))
     }
 
-    /// Writes a little-endian `u64` with a volatile write.
+    /// Writes a little-endian `u64`, relaxed (no ordering).
     pub fn write_u64(&self, offset: usize, v: u64) -> Result<(), OutOfBounds> {
         let p = self.check(offset, 8, 8)?;
-        // SAFETY: in bounds and aligned (checked).
-        unsafe { core::ptr::write_volatile(p as *mut u64, v.to_le()) };
+        // SAFETY: as for `read_u64`.
+        unsafe { AtomicU64::from_ptr(p as *mut u64) }.store(v.to_le(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Reads a little-endian `u32` with a volatile read (no ordering).
+    /// Reads a little-endian `u32`, relaxed (no ordering).
     pub fn read_u32(&self, offset: usize) -> Result<u32, OutOfBounds> {
         let p = self.check(offset, 4, 4)?;
-        // SAFETY: in bounds and aligned (checked).
-        Ok(u32::from_le(unsafe {
-            core::ptr::read_volatile(p as *const u32)
-        }))
+        // SAFETY: in bounds and 4-byte aligned (checked); AtomicU32's layout is u32's.
+        Ok(u32::from_le(
+            unsafe { AtomicU32::from_ptr(p as *mut u32) }.load(Ordering::Relaxed),
+        ))
     }
 
-    /// Writes a little-endian `u32` with a volatile write (no ordering).
+    /// Writes a little-endian `u32`, relaxed (no ordering).
     pub fn write_u32(&self, offset: usize, v: u32) -> Result<(), OutOfBounds> {
         let p = self.check(offset, 4, 4)?;
-        // SAFETY: in bounds and aligned (checked).
-        unsafe { core::ptr::write_volatile(p as *mut u32, v.to_le()) };
+        // SAFETY: as for `read_u32`.
+        unsafe { AtomicU32::from_ptr(p as *mut u32) }.store(v.to_le(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Reads a little-endian `u16` with a volatile read (no ordering).
+    /// Reads a little-endian `u16`, relaxed (no ordering).
     pub fn read_u16(&self, offset: usize) -> Result<u16, OutOfBounds> {
         let p = self.check(offset, 2, 2)?;
-        // SAFETY: in bounds and aligned (checked).
-        Ok(u16::from_le(unsafe {
-            core::ptr::read_volatile(p as *const u16)
-        }))
+        // SAFETY: in bounds and 2-byte aligned (checked); AtomicU16's layout is u16's.
+        Ok(u16::from_le(
+            unsafe { AtomicU16::from_ptr(p as *mut u16) }.load(Ordering::Relaxed),
+        ))
     }
 
-    /// Writes a little-endian `u16` with a volatile write (no ordering).
+    /// Writes a little-endian `u16`, relaxed (no ordering).
     pub fn write_u16(&self, offset: usize, v: u16) -> Result<(), OutOfBounds> {
         let p = self.check(offset, 2, 2)?;
-        // SAFETY: in bounds and aligned (checked).
-        unsafe { core::ptr::write_volatile(p as *mut u16, v.to_le()) };
+        // SAFETY: as for `read_u16`.
+        unsafe { AtomicU16::from_ptr(p as *mut u16) }.store(v.to_le(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Copies `dst.len()` bytes out of the region starting at `offset`, with volatile reads.
+    /// Copies `dst.len()` bytes out of the region starting at `offset`, with relaxed atomic
+    /// reads.
     /// The peer may change the bytes while we copy: the result is then garbage frame data,
     /// which every consumer treats as untrusted anyway.
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, dst.len(), 1)?;
         // SAFETY: the source range is inside the region (checked); `dst` is a distinct Rust
         // buffer of that length.
-        unsafe { volatile_copy_from(p, dst) };
+        unsafe { atomic_copy_from(p, dst) };
         Ok(())
     }
 
-    /// Copies `src` into the region starting at `offset`, with volatile writes.
+    /// Copies `src` into the region starting at `offset`, with relaxed atomic writes.
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
         let p = self.check(offset, src.len(), 1)?;
         // SAFETY: the destination range is inside the region (checked); `src` is a distinct
         // Rust buffer of that length.
-        unsafe { volatile_copy_to(p, src) };
+        unsafe { atomic_copy_to(p, src) };
         Ok(())
     }
 
-    /// Fills `[offset, offset + len)` with zero bytes, with volatile writes.
+    /// Fills `[offset, offset + len)` with zero bytes, with relaxed atomic writes.
     pub fn zero(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
         let p = self.check(offset, len, 1)?;
         let head = p.align_offset(8).min(len);
         let words = (len - head) / 8;
         for i in (0..head).chain(head + 8 * words..len) {
             // SAFETY: `p + i` is inside the checked range.
-            unsafe { core::ptr::write_volatile(p.add(i), 0) };
+            unsafe { store8(p.add(i), 0) };
         }
         for w in 0..words {
             // SAFETY: `p + head + 8w` is 8-byte aligned and 8 bytes of it are in range.
-            unsafe { core::ptr::write_volatile(p.add(head + 8 * w) as *mut u64, 0) };
+            unsafe { store64(p.add(head + 8 * w), 0) };
         }
         Ok(())
     }
@@ -239,52 +244,84 @@ impl<'a> Region<'a> {
     }
 }
 
-/// Copies `dst.len()` bytes from shared memory at `src` into `dst` with volatile reads: bytes
-/// up to the first 8-byte boundary of `src`, then aligned 8-byte words, then the tail.
+/// A relaxed atomic load of the byte at `p`.
+///
+/// # Safety
+/// `p` must be valid for reads of one byte, accessed only atomically by everyone.
+#[inline(always)]
+unsafe fn load8(p: *const u8) -> u8 {
+    // SAFETY: per the contract; AtomicU8 has u8's layout and alignment.
+    unsafe { AtomicU8::from_ptr(p as *mut u8) }.load(Ordering::Relaxed)
+}
+
+/// A relaxed atomic store of `v` to the byte at `p` (contract as for [`load8`], for writes).
+#[inline(always)]
+unsafe fn store8(p: *mut u8, v: u8) {
+    // SAFETY: per the contract.
+    unsafe { AtomicU8::from_ptr(p) }.store(v, Ordering::Relaxed)
+}
+
+/// A relaxed atomic load of the 8-byte word at `p` (8-byte aligned; contract as [`load8`]).
+#[inline(always)]
+unsafe fn load64(p: *const u8) -> u64 {
+    // SAFETY: per the contract; AtomicU64 has u64's layout, and `p` is 8-byte aligned.
+    unsafe { AtomicU64::from_ptr(p as *mut u64) }.load(Ordering::Relaxed)
+}
+
+/// A relaxed atomic store to the 8-byte word at `p` (8-byte aligned; contract as [`store8`]).
+#[inline(always)]
+unsafe fn store64(p: *mut u8, v: u64) {
+    // SAFETY: per the contract.
+    unsafe { AtomicU64::from_ptr(p as *mut u64) }.store(v, Ordering::Relaxed)
+}
+
+/// Copies `dst.len()` bytes from shared memory at `src` into `dst` with relaxed atomic reads:
+/// bytes up to the first 8-byte boundary of `src`, then aligned 8-byte words, then the tail.
 ///
 /// # Safety
 /// `src` must be valid for reads of `dst.len()` bytes and must not overlap `dst`.
-unsafe fn volatile_copy_from(src: *const u8, dst: &mut [u8]) {
+unsafe fn atomic_copy_from(src: *const u8, dst: &mut [u8]) {
     let n = dst.len();
     let head = src.align_offset(8).min(n);
     let words = (n - head) / 8;
     for (i, d) in dst[..head].iter_mut().enumerate() {
         // SAFETY: `i < n`, inside the caller's range.
-        *d = unsafe { core::ptr::read_volatile(src.add(i)) };
+        *d = unsafe { load8(src.add(i)) };
     }
     for w in 0..words {
         let at = head + 8 * w;
         // SAFETY: `src + at` is 8-byte aligned (past `head`) and 8 bytes of it are in range.
-        let v = unsafe { core::ptr::read_volatile(src.add(at) as *const u64) };
+        let v = unsafe { load64(src.add(at)) };
         dst[at..at + 8].copy_from_slice(&v.to_ne_bytes());
     }
     for (i, d) in dst.iter_mut().enumerate().skip(head + 8 * words) {
         // SAFETY: `i < n`, inside the caller's range.
-        *d = unsafe { core::ptr::read_volatile(src.add(i)) };
+        *d = unsafe { load8(src.add(i)) };
     }
 }
 
-/// Copies `src` into shared memory at `dst` with volatile writes (as [`volatile_copy_from`]).
+/// Copies `src` into shared memory at `dst` with relaxed atomic writes (as
+/// [`atomic_copy_from`]).
 ///
 /// # Safety
 /// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
-unsafe fn volatile_copy_to(dst: *mut u8, src: &[u8]) {
+unsafe fn atomic_copy_to(dst: *mut u8, src: &[u8]) {
     let n = src.len();
     let head = dst.align_offset(8).min(n);
     let words = (n - head) / 8;
     for (i, b) in src[..head].iter().enumerate() {
         // SAFETY: `i < n`, inside the caller's range.
-        unsafe { core::ptr::write_volatile(dst.add(i), *b) };
+        unsafe { store8(dst.add(i), *b) };
     }
     for w in 0..words {
         let at = head + 8 * w;
         let v = u64::from_ne_bytes(src[at..at + 8].try_into().expect("8 bytes"));
         // SAFETY: `dst + at` is 8-byte aligned (past `head`) and 8 bytes of it are in range.
-        unsafe { core::ptr::write_volatile(dst.add(at) as *mut u64, v) };
+        unsafe { store64(dst.add(at), v) };
     }
     for (i, b) in src.iter().enumerate().skip(head + 8 * words) {
         // SAFETY: `i < n`, inside the caller's range.
-        unsafe { core::ptr::write_volatile(dst.add(i), *b) };
+        unsafe { store8(dst.add(i), *b) };
     }
 }
 

@@ -62,6 +62,10 @@ pub enum Attack {
     DoorbellFlood,
     /// One valid frame (an ARP request) published again and again, as many as the queue holds.
     Republish,
+    /// A slow peer: completes one of the other end's frames every 40 ms, never none for long
+    /// enough to look stuck, and keeps forwarding TAP -> link so that the other end keeps
+    /// answering into a ring that drains at a trickle.
+    Drip,
 }
 
 /// When the phases change.
@@ -121,6 +125,15 @@ pub fn run(
         match attack {
             Attack::Stall => stall(link, tap, true, false, over, |_, _| {})?,
             Attack::DoorbellFlood => flood(link, tap, over),
+            Attack::Drip => {
+                let mut tick = 0u64;
+                stall(link, tap, true, false, over, |link, t| {
+                    if t.elapsed() >= Duration::from_millis(40 * tick) {
+                        tick += 1;
+                        link.receive(1, |_, _| {});
+                    }
+                })?
+            }
             a => {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(a as u8));
                 let mut tick = 0u64;
@@ -290,7 +303,7 @@ fn corrupt(link: &mut Link, a: Attack, rng: &mut Rng) {
     let data = g.data_off() as u64;
     let mut vector = VECTOR_DATA;
     match a {
-        Attack::Stall | Attack::DoorbellFlood => {}
+        Attack::Stall | Attack::DoorbellFlood | Attack::Drip => {}
         Attack::AvailIndex => {
             let _ = own.store_u16(
                 g.avail_idx(),

@@ -90,15 +90,26 @@ impl Link {
         let region = unsafe { client.mapping().region_unbounded() };
         let v1 = V1Region::new(region)
             .map_err(|e| invalid(format!("shared memory from the server: {e}")))?;
-        let slot = v1
-            .slot_of(client.id())
-            .map_err(|e| invalid(format!("{e:?}")))?
-            .ok_or_else(|| {
-                invalid(format!(
-                    "peer id {} owns no slot in the control page: is the server an ivnet server?",
-                    client.id()
-                ))
-            })?;
+        // A peer may have scribbled over the owner table; an ivnet server puts it back within
+        // a round (200 ms): look again for a second before giving up (and reconnecting, which
+        // would use up an id).
+        let t = std::time::Instant::now();
+        let slot = loop {
+            match v1.slot_of(client.id()) {
+                Ok(Some(s)) => break s,
+                Ok(None) if t.elapsed() < std::time::Duration::from_secs(1) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    return Err(invalid(format!(
+                        "peer id {} owns no slot in the control page: is the server an ivnet \
+                         server?",
+                        client.id()
+                    )))
+                }
+                Err(e) => return Err(invalid(format!("{e:?}"))),
+            }
+        };
         let own = v1.section(slot).map_err(|e| invalid(format!("{e:?}")))?;
         let peer = v1
             .section(1 - slot)

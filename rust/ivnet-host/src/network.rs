@@ -98,10 +98,12 @@ impl Paths {
         if root.as_os_str().is_empty() {
             return Err(err("the state root is an empty path"));
         }
-        let root = if root.is_absolute() {
-            root.to_path_buf()
-        } else {
-            std::env::current_dir()?.join(root)
+        // One spelling for one directory (`..`, `//`, symlinked parents): processes are
+        // recognised by the paths in their command lines.
+        let root = match root.canonicalize() {
+            Ok(r) => r,
+            Err(_) if root.is_absolute() => root.to_path_buf(),
+            Err(_) => std::env::current_dir()?.join(root),
         };
         Ok(Paths {
             dir: root.join(name),
@@ -161,6 +163,10 @@ impl Paths {
     }
     fn cell_config(&self, cell: &str) -> PathBuf {
         self.f(&format!("{cell}.cfg"))
+    }
+    /// The copy of a cell's image that its QEMU boots (see `Supervisor::copy_images`).
+    fn image(&self, cell: &str) -> PathBuf {
+        self.f(&format!("{cell}.elf"))
     }
     /// dnsmasq's lease file.
     pub fn leases(&self) -> PathBuf {
@@ -326,7 +332,20 @@ impl Supervisor {
         r
     }
 
+    /// Copies every cell's image into the state directory while the supervisor still has all
+    /// of root's rights: a cell restarted later (by a supervisor that no longer may read what
+    /// root can read only by overriding permissions, say an image under a user's private home)
+    /// boots the same image it was started with.
+    fn copy_images(&self) -> io::Result<()> {
+        for c in &self.topo.cells {
+            fs::copy(&c.image, self.paths.image(&c.name))
+                .map_err(|e| err(format!("cell {}: image {}: {e}", c.name, c.image.display())))?;
+        }
+        Ok(())
+    }
+
     fn try_up(&mut self) -> io::Result<()> {
+        self.copy_images()?;
         let h = self.topo.host.clone();
         // Names we are about to create must be free: never take over someone else's device.
         let mut names = vec![h.bridge.clone()];
@@ -411,6 +430,7 @@ impl Supervisor {
             crate::privs::drop_all_in_thread();
             // The peer stays for the network's life: when its link breaks (the server is
             // being stopped) it tries again until told to stop.
+            let mut backoff = Duration::from_secs(1);
             while !stop.load(Ordering::Relaxed) {
                 let r = Client::connect(&sock, 2)
                     .and_then(Link::new)
@@ -427,11 +447,18 @@ impl Supervisor {
                         g.carrier = false;
                         r
                     });
-                if let Err(e) = r {
-                    if !stop.load(Ordering::Relaxed) {
-                        warn!("host peer on {}: {e}; retrying", tap.name());
-                        std::thread::sleep(Duration::from_secs(1));
+                match r {
+                    Err(e) if !stop.load(Ordering::Relaxed) => {
+                        // Each attempt takes an id of the link's server: back off (1 s,
+                        // doubling up to 30 s) while it keeps failing.
+                        warn!("host peer on {}: {e}; retrying in {backoff:?}", tap.name());
+                        let end = Instant::now() + backoff;
+                        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
+                    _ => backoff = Duration::from_secs(1),
                 }
             }
         })?;
@@ -552,7 +579,7 @@ impl Supervisor {
             ivnet_core::cell::FW_CFG_NAME,
             self.paths.cell_config(&c.name).display()
         ));
-        cmd.arg("-kernel").arg(&c.image);
+        cmd.arg("-kernel").arg(self.paths.image(&c.name));
         if let Some(user) = &self.qemu_user {
             cmd.args(crate::privs::qemu_args(user));
         }
@@ -903,13 +930,18 @@ impl Supervisor {
         // CAP_SETPCAP): from here on the main thread keeps only what running and tearing down
         // the network needs.
         if nix::unistd::geteuid().is_root() {
-            match crate::privs::keep_only(&crate::privs::SUPERVISOR_CAPS) {
+            match crate::privs::keep_only(
+                &crate::privs::SUPERVISOR_CAPS,
+                &crate::privs::SUPERVISOR_EFFECTIVE,
+            ) {
                 Ok(()) => info!(
-                    "privileges dropped: capabilities {:#x} only, no new privileges; cells run as {}",
+                    "privileges dropped: capabilities {:#x} permitted, {:#x} effective, no new \
+                     privileges; cells run as {}",
                     crate::privs::mask(&crate::privs::SUPERVISOR_CAPS),
+                    crate::privs::mask(&crate::privs::SUPERVISOR_EFFECTIVE),
                     self.qemu_user.as_deref().unwrap_or("?")
                 ),
-                Err(e) => warn!("could not drop privileges ({e}): the supervisor keeps full root"),
+                Err(e) => error!("could not drop privileges ({e}): the supervisor keeps full root"),
             }
         }
         let mut last_snapshot = Instant::now();
@@ -980,6 +1012,15 @@ impl Supervisor {
 /// Clients of the metrics endpoint served at once; more are turned away.
 const METRICS_CLIENTS: usize = 8;
 
+/// One of the [`METRICS_CLIENTS`] places, given back when dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Answers metrics requests from `snapshot` until `stop`, each client on a thread of its own
 /// (at most [`METRICS_CLIENTS`] at once), so that a client that is slow to send its request
 /// cannot keep the others waiting.
@@ -995,17 +1036,17 @@ fn serve_metrics(listener: TcpListener, snapshot: Arc<Mutex<Value>>, stop: &Atom
                     busy.fetch_sub(1, Ordering::AcqRel);
                     continue; // dropped: closed at once
                 }
-                let (snap, mine) = (snapshot.clone(), busy.clone());
-                let spawned = std::thread::Builder::new()
+                let slot = Slot(busy.clone());
+                let snap = snapshot.clone();
+                // The slot is given back when the thread ends, however it ends (or when it
+                // could not be started).
+                let _ = std::thread::Builder::new()
                     .name("metrics-client".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let text = crate::metrics::render(&snap.lock().unwrap());
                         let _ = crate::metrics::respond(s, &text);
-                        mine.fetch_sub(1, Ordering::AcqRel);
                     });
-                if spawned.is_err() {
-                    busy.fetch_sub(1, Ordering::AcqRel);
-                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -1022,16 +1063,21 @@ fn host_link_cell(ends: [End; 2]) -> Option<usize> {
 /// Whether process `pid` is still one we started: its command line names the state directory
 /// `dir` or a file in it, so a recycled pid is never signalled.
 fn pid_is_ours(pid: u32, dir: &Path) -> bool {
-    // Arguments are NUL-separated; ours name the directory itself or a file in it.
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| names_dir(&String::from_utf8_lossy(&c), dir))
+        .unwrap_or(false)
+}
+
+/// Whether a command line (NUL-separated arguments) names `dir` or a file in it: an argument
+/// that is the directory, starts with `dir/`, or holds `=dir/` (QEMU's `path=`, dnsmasq's
+/// `--conf-file=`). A path that merely ends like `dir` (another state root) does not count.
+fn names_dir(cmdline: &str, dir: &Path) -> bool {
     let dir = dir.display().to_string();
     let in_dir = format!("{dir}/");
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            String::from_utf8_lossy(&c)
-                .split('\0')
-                .any(|a| a == dir || a.contains(&in_dir))
-        })
-        .unwrap_or(false)
+    let after_eq = format!("={in_dir}");
+    cmdline
+        .split('\0')
+        .any(|a| a == dir || a.starts_with(&in_dir) || a.contains(&after_eq))
 }
 
 /// Undoes what a record says was created: kills its processes (those whose command line
@@ -1106,35 +1152,73 @@ fn live_supervisor(paths: &Paths) -> Option<u32> {
 pub struct NetworkLock(#[allow(dead_code)] fs::File);
 
 /// Locks the state root of `paths` (waits for another `up`/`down`). The lock is on the
-/// directory itself. A root that does not exist yet is created with a mark saying so
-/// ([`ROOT_MARK`]), so that the last `down` removes it again.
-pub fn lock(paths: &Paths) -> io::Result<NetworkLock> {
+/// directory itself. With `create`, a root that does not exist yet is created with a mark
+/// saying so ([`ROOT_MARK`]), so that the last `down` removes it again; without, a missing root
+/// means there is nothing to lock (`Ok(None)`). The root must be the user's own and writable by
+/// nobody else: records in it are trusted to say what to remove.
+pub fn lock(paths: &Paths, create: bool) -> io::Result<Option<NetworkLock>> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
     let root = &paths.root;
-    match fs::symlink_metadata(root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(err(format!(
-                "state root {} exists and is not a directory",
-                root.display()
-            )))
+    loop {
+        match fs::symlink_metadata(root) {
+            Ok(m) if m.is_dir() => check_private(root, &m, "state root")?,
+            Ok(_) => {
+                return Err(err(format!(
+                    "state root {} exists and is not a directory",
+                    root.display()
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(root)
+                    .map_err(|e| err(format!("state root {}: {e}", root.display())))?;
+                fs::write(
+                    root.join(ROOT_MARK),
+                    "made by ivnet; removed with its last network\n",
+                )?;
+            }
+            Err(e) => return Err(err(format!("state root {}: {e}", root.display()))),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(root)
-                .map_err(|e| err(format!("state root {}: {e}", root.display())))?;
-            fs::write(
-                root.join(ROOT_MARK),
-                "made by ivnet; removed with its last network\n",
-            )?;
+        let f = fs::File::open(root)?;
+        // SAFETY: flock on a file descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        Err(e) => return Err(err(format!("state root {}: {e}", root.display()))),
+        // The last `down` may have removed the root while we waited for it: then lock the
+        // one that is there now.
+        let held = f.metadata()?;
+        match fs::symlink_metadata(root) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                return Ok(Some(NetworkLock(f)))
+            }
+            _ => continue,
+        }
     }
-    let f = fs::File::open(root)?;
-    // SAFETY: flock on a file descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+}
+
+/// Refuses a directory or file of the state that is not the user's own, or that others may
+/// write (they could forge a record that tells `down` what to remove).
+fn check_private(path: &Path, m: &fs::Metadata, what: &str) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(err(format!(
+            "{what} {} belongs to uid {}, not to this user (uid {me}): choose a directory of \
+             your own (--state-root)",
+            path.display(),
+            m.uid()
+        )));
     }
-    Ok(NetworkLock(f))
+    if m.mode() & 0o022 != 0 {
+        return Err(err(format!(
+            "{what} {} is writable by others (mode {:o}): choose a private directory \
+             (--state-root)",
+            path.display(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// Removes the state root when `ivnet` made it and no network is left in it (its only entry
@@ -1170,8 +1254,9 @@ pub fn owned(paths: &Paths) -> io::Result<bool> {
     if !meta.is_dir() {
         return Err(not_ours("is not a directory".into()));
     }
+    check_private(&paths.dir, &meta, "state directory")?;
     match fs::symlink_metadata(paths.record()) {
-        Ok(m) if m.is_file() => {}
+        Ok(m) if m.is_file() => check_private(&paths.record(), &m, "record")?,
         Ok(_) => {
             return Err(not_ours(
                 "has a state.json that is not a regular file".into(),
@@ -1196,7 +1281,14 @@ pub fn owned(paths: &Paths) -> io::Result<bool> {
 /// supervisor died. Ok when the network is not up; an error, touching nothing, when its
 /// state directory is not its own (see [`owned`]).
 pub fn down(paths: &Paths) -> io::Result<()> {
-    let _lock = lock(paths)?;
+    let Some(_lock) = lock(paths, false)? else {
+        warn!(
+            "network {} is not up (no state root {}): nothing to do",
+            paths.name,
+            paths.root.display()
+        );
+        return Ok(());
+    };
     if !owned(paths)? {
         warn!(
             "network {} is not up (nothing in {}): nothing to do",
@@ -1240,11 +1332,35 @@ fn down_locked(paths: &Paths) -> io::Result<()> {
     // Checked again right before removal: the directory must still be this network's.
     if owned(paths)? {
         if let Some(r) = read_record(paths)? {
-            undo(&r, &paths.dir);
+            undo(&only_ours(r, &paths.name), &paths.dir);
         }
         fs::remove_dir_all(&paths.dir)?;
     }
     Ok(())
+}
+
+/// A record read from disk, keeping only what network `name` can have created: its bridge,
+/// TAPs named `ivt-<cell>`, its own nftables table. Anything else in it (a damaged or forged
+/// record) is reported and left alone.
+fn only_ours(mut r: Record, name: &str) -> Record {
+    r.links.retain(|l| {
+        let ours = l == name
+            || l.strip_prefix("ivt-")
+                .is_some_and(|c| !c.is_empty() && check_ifname("TAP", l).is_ok());
+        if !ours {
+            error!("the record of network {name} names link {l:?}, which it cannot have created: left alone");
+        }
+        ours
+    });
+    if let Some(t) = &r.nft_table {
+        if *t != nft::table_name(name) {
+            error!(
+                "the record of network {name} names nftables table {t:?}, not its own: left alone"
+            );
+            r.nft_table = None;
+        }
+    }
+    r
 }
 
 /// `ivnet up`: starts the network described by `file` (or, when it runs, restarts what died).
@@ -1259,7 +1375,7 @@ pub fn up(file: &Path, root: &Path, metrics: &str, exe: &Path) -> io::Result<Val
     let topo =
         Topology::parse(&text, &base).map_err(|e| err(format!("{}: {e}", file.display())))?;
     let paths = Paths::new(root, &topo.host.bridge)?;
-    let _lock = lock(&paths)?;
+    let _lock = lock(&paths, true)?;
     let r = up_locked(&paths, &topo, &text, &base, metrics, exe);
     if r.is_err() {
         remove_root_if_unused(&paths.root);
@@ -1524,4 +1640,76 @@ pub fn inventory_host(c: &Value) -> Value {
         "ivnet_services": c["services"],
         "ivnet_interfaces": c["interfaces"],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_from_disk_keeps_only_what_its_network_can_have_made() {
+        let r = Record {
+            network: Some("ivbr0".into()),
+            links: vec![
+                "ivbr0".into(),
+                "ivt-c1".into(),
+                "eth0".into(),
+                "ivbr1".into(),
+                "ivt-".into(),
+                "ivt-a/b".into(),
+            ],
+            nft_table: Some("inet_filter".into()),
+            ..Record::default()
+        };
+        let k = only_ours(r, "ivbr0");
+        assert_eq!(k.links, ["ivbr0", "ivt-c1"]);
+        assert_eq!(k.nft_table, None);
+        let r = Record {
+            nft_table: Some(nft::table_name("ivbr0")),
+            ..Record::default()
+        };
+        assert_eq!(
+            only_ours(r, "ivbr0").nft_table,
+            Some(nft::table_name("ivbr0"))
+        );
+    }
+
+    #[test]
+    fn processes_are_recognised_by_the_exact_state_directory() {
+        let dir = Path::new("/run/ivnet/ivbr0");
+        let cmd = |args: &[&str]| args.join("\0");
+        assert!(names_dir(
+            &cmd(&["ivnet", "supervise", "--state-dir", "/run/ivnet/ivbr0"]),
+            dir
+        ));
+        assert!(names_dir(
+            &cmd(&["qemu", "-kernel", "/run/ivnet/ivbr0/c1.elf"]),
+            dir
+        ));
+        assert!(names_dir(
+            &cmd(&[
+                "qemu",
+                "-chardev",
+                "socket,id=con,path=/run/ivnet/ivbr0/c1.console.sock"
+            ]),
+            dir
+        ));
+        assert!(names_dir(
+            &cmd(&["dnsmasq", "--conf-file=/run/ivnet/ivbr0/dnsmasq.conf"]),
+            dir
+        ));
+        // Another state root that merely ends the same way, or another network.
+        assert!(!names_dir(
+            &cmd(&["qemu", "-kernel", "/tmp/x/run/ivnet/ivbr0/c1.elf"]),
+            dir
+        ));
+        assert!(!names_dir(
+            &cmd(&["qemu", "path=/srv/run/ivnet/ivbr0/c1"]),
+            dir
+        ));
+        assert!(!names_dir(
+            &cmd(&["qemu", "-kernel", "/run/ivnet/ivbr01/c1.elf"]),
+            dir
+        ));
+    }
 }

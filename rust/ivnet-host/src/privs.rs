@@ -2,10 +2,16 @@
 //!
 //! `ivnet up` needs root to build a network (bridge, TAPs, nftables, DHCP). Once it is built,
 //! the supervisor keeps running as uid 0, but with only the capabilities it still needs:
-//! [`SUPERVISOR_CAPS`] (links, nftables and `ip_forward` at teardown, restarting dnsmasq and
-//! the cells, signalling cells that run as another user), in every set including the bounding
-//! set, and with `no_new_privs`, so neither it nor anything it starts (dnsmasq, nft, QEMU) can
-//! regain the others. The cells' QEMUs drop to an unprivileged user themselves once they have
+//! [`SUPERVISOR_CAPS`] permitted and in the bounding set (restarting dnsmasq and the cells,
+//! which drop their user themselves), of which only [`SUPERVISOR_EFFECTIVE`] is effective
+//! (links, nftables and `ip_forward` at teardown, signalling cells that run as another user),
+//! and `no_new_privs`, so neither it nor anything it starts can regain the others.
+//!
+//! What this does not do: the threads stay uid 0, so a thread without capabilities can still
+//! write files owned by root; and threads share one address space. A compromise of a worker
+//! thread through memory corruption is therefore not contained; the capability drop limits
+//! what a confused thread (a logic error, a hostile input that steers a system call) can do to
+//! the network and the machine. The cells' QEMUs drop to an unprivileged user themselves once they have
 //! opened their sockets (`-run-with user=`) and run under QEMU's seccomp sandbox (see
 //! [`qemu_args`]).
 //!
@@ -34,7 +40,8 @@ pub const CAP_NET_ADMIN: Cap = 12;
 /// CAP_NET_RAW: dnsmasq's DHCP socket.
 pub const CAP_NET_RAW: Cap = 13;
 
-/// What the supervisor keeps after set-up.
+/// What the supervisor may still use after set-up, or hand to what it starts (permitted and
+/// bounding sets).
 pub const SUPERVISOR_CAPS: [Cap; 6] = [
     CAP_KILL,
     CAP_SETGID,
@@ -43,6 +50,11 @@ pub const SUPERVISOR_CAPS: [Cap; 6] = [
     CAP_NET_ADMIN,
     CAP_NET_RAW,
 ];
+
+/// What the supervisor's own thread keeps effective: signalling the cells (which run as
+/// another user) and configuring the network. The others are only passed on to dnsmasq and
+/// QEMU, which drop their user themselves.
+pub const SUPERVISOR_EFFECTIVE: [Cap; 2] = [CAP_KILL, CAP_NET_ADMIN];
 
 const PR_CAPBSET_DROP: libc::c_int = 24;
 const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
@@ -69,32 +81,40 @@ fn last_cap() -> Cap {
         .unwrap_or(40)
 }
 
-/// Keeps only `keep` in this process's bounding, permitted, effective and inheritable sets,
-/// and sets `no_new_privs`. Children started afterwards get at most `keep`.
-pub fn keep_only(keep: &[Cap]) -> io::Result<()> {
-    // The bounding set first (that needs CAP_SETPCAP, which the capset below drops).
+/// Keeps only `keep` in the calling thread's permitted and bounding sets, with `effective`
+/// (a subset of `keep`) effective, none inheritable, and sets `no_new_privs`: children started
+/// afterwards get at most `keep`. The bounding set is dropped first and on a best-effort basis
+/// (it needs CAP_SETPCAP, which a thread started after its creator dropped it lacks); the
+/// permitted and effective sets, and `no_new_privs`, are always set, or this fails.
+pub fn keep_only(keep: &[Cap], effective: &[Cap]) -> io::Result<()> {
     for cap in 0..=last_cap() {
         if keep.contains(&cap) {
             continue;
         }
         // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes plain integers and touches no memory.
-        let r = unsafe { libc::prctl(PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        let r = unsafe {
+            libc::prctl(
+                PR_CAPBSET_DROP,
+                cap as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
         if r != 0 {
-            let e = io::Error::last_os_error();
-            // EINVAL: a capability this kernel does not know.
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("dropping capability {cap} from the bounding set: {e}"),
-                ));
-            }
+            // EINVAL: a capability this kernel does not know; EPERM: no CAP_SETPCAP. Either
+            // way the capset below still takes the capability out of the permitted set, and
+            // with no_new_privs nothing can bring it back.
+            break;
         }
     }
     let mut data = [CapData::default(); 2];
     for &cap in keep {
         let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        data[word].effective |= bit;
         data[word].permitted |= bit;
+        if effective.contains(&cap) {
+            data[word].effective |= bit;
+        }
     }
     let mut hdr = CapHeader {
         version: CAP_VERSION_3,
@@ -107,7 +127,16 @@ pub fn keep_only(keep: &[Cap]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes plain integers and touches no memory.
-    if unsafe { libc::prctl(PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+    let r = unsafe {
+        libc::prctl(
+            PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -120,8 +149,8 @@ pub fn drop_all_in_thread() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    if let Err(e) = keep_only(&[]) {
-        log::warn!("could not drop the capabilities of this thread: {e}");
+    if let Err(e) = keep_only(&[], &[]) {
+        log::error!("could not drop the capabilities of this thread: {e}");
     }
 }
 

@@ -45,10 +45,10 @@ pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(i64, Option<OwnedFd>
     let mut got = 0;
     let mut fd = None;
     while got < 8 {
-        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD): with a
-        // smaller buffer the kernel would still install them all in our table but truncate
-        // the list (MSG_CTRUNC), and the ones not listed would never be closed. We keep the
-        // first and close the rest.
+        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD). With a
+        // smaller buffer the kernel installs the fds that fit and sets MSG_CTRUNC, and nix's
+        // `cmsgs()` then fails without handing us the ones installed, which would never be
+        // closed. We keep the first fd and close the rest.
         let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let mut iov = [IoSliceMut::new(&mut bytes[got..])];
         let msg = recvmsg::<()>(

@@ -57,9 +57,18 @@ impl Scene {
         walk(&self.top, &mut out);
         out
     }
-    /// Runs `ivnet args...` from `cwd` with `env`.
+    /// Runs `ivnet args...` from `cwd` with `env`; as root, in a network namespace of its own
+    /// (`unshare -n`), so that a regression that let `up` go on could not touch the machine's
+    /// network.
     fn ivnet(&self, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ivnet"));
+        let bin = env!("CARGO_BIN_EXE_ivnet");
+        let mut c = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("unshare");
+            c.args(["-n", bin]);
+            c
+        } else {
+            Command::new(bin)
+        };
         c.args(args).current_dir(cwd).env_remove("IVNET_NETWORK");
         for (k, v) in env {
             c.env(k, v);
@@ -284,4 +293,40 @@ fn down_of_a_network_that_is_not_up_keeps_the_users_state_root() {
     assert!(out.status.success());
     assert!(!fresh.exists());
     assert_eq!(s.snapshot(), before);
+}
+
+#[test]
+fn a_state_root_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scene::new("shared-root");
+    let shared = s.p("shared");
+    fs::create_dir_all(shared.join("ivbr4")).unwrap();
+    fs::write(
+        shared.join("ivbr4/state.json"),
+        r#"{"network": "ivbr4", "supervisor": null, "links": ["eth0"], "nft_table": null,
+            "ip_forward_before": null, "processes": []}"#,
+    )
+    .unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let before = s.snapshot();
+    let out = s.ivnet(
+        &s.top,
+        &[],
+        &["down", "ivbr4", "--state-root", shared.to_str().unwrap()],
+    );
+    refused(&s, &before, &out, "is writable by others");
+    // A record others may write is refused the same way, in a private root.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        shared.join("ivbr4/state.json"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let before = s.snapshot();
+    let out = s.ivnet(
+        &s.top,
+        &[],
+        &["down", "ivbr4", "--state-root", shared.to_str().unwrap()],
+    );
+    refused(&s, &before, &out, "is writable by others");
 }

@@ -10,7 +10,7 @@
 //!
 //! One side of every copy is memory the peer may write at any moment. The copy is therefore
 //! never a plain Rust access (which would be a data race, undefined behaviour): the bulk is
-//! assembly, opaque to the compiler, and the last bytes are volatile accesses.
+//! assembly, opaque to the compiler, and the last bytes are relaxed atomic accesses.
 
 /// Copies `n` bytes from `src` to `dst`.
 ///
@@ -46,21 +46,36 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
         }
     }
     // SAFETY: the last `n % 32` bytes of both ranges (per the caller's contract).
-    unsafe { copy_bytes_volatile(d, s, n % 32) };
+    unsafe { copy_bytes_atomic(d, s, n % 32) };
 }
 
-/// Copies `n` bytes one volatile byte at a time.
+/// Copies `n` bytes one relaxed atomic byte at a time.
 ///
 /// # Safety
 /// As for [`copy`].
-unsafe fn copy_bytes_volatile(dst: *mut u8, src: *const u8, n: usize) {
+unsafe fn copy_bytes_atomic(dst: *mut u8, src: *const u8, n: usize) {
+    use core::sync::atomic::{AtomicU8, Ordering};
     for i in 0..n {
-        // SAFETY: `i < n`, inside both ranges the caller vouches for.
-        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        // SAFETY: `i < n`, inside both ranges the caller vouches for; AtomicU8 has u8's
+        // layout and alignment.
+        unsafe {
+            let v = AtomicU8::from_ptr(src.add(i) as *mut u8).load(Ordering::Relaxed);
+            AtomicU8::from_ptr(dst.add(i)).store(v, Ordering::Relaxed);
+        }
     }
 }
 
-/// Copies `n` bytes from `src` to `dst` (other architectures: volatile bytes).
+/// Reads the byte at `p` of memory the peer may write (a relaxed atomic load).
+///
+/// # Safety
+/// `p` must be valid for reads of one byte.
+pub unsafe fn load_byte(p: *const u8) -> u8 {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // SAFETY: per the contract; AtomicU8 has u8's layout and alignment.
+    unsafe { AtomicU8::from_ptr(p as *mut u8) }.load(Ordering::Relaxed)
+}
+
+/// Copies `n` bytes from `src` to `dst` (other architectures: atomic bytes).
 ///
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `n` bytes, and the two ranges must
@@ -68,5 +83,5 @@ unsafe fn copy_bytes_volatile(dst: *mut u8, src: *const u8, n: usize) {
 #[cfg(not(target_arch = "aarch64"))]
 pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
     // SAFETY: per the caller's contract.
-    unsafe { copy_bytes_volatile(dst, src, n) };
+    unsafe { copy_bytes_atomic(dst, src, n) };
 }

@@ -11,7 +11,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use critical_section::Mutex;
-use ivnet_core::liveness::Progress;
+use ivnet_core::liveness::{Progress, WaitBudget};
 use ivnet_core::queue::{Queues, RxFrame};
 use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::shm::Region;
@@ -127,6 +127,8 @@ struct Link {
     tx_waiting: bool,
     /// When the peer last completed a frame of ours (see ivnet_core::liveness).
     progress: Progress,
+    /// How much of the TX thread's time send() may spend waiting for this peer.
+    wait_budget: WaitBudget,
     /// The link was reset where its effects could not be applied (send()): the link thread
     /// turns the carrier off at its next round.
     reset_pending: bool,
@@ -526,6 +528,10 @@ pub unsafe fn init(dev: *const device) -> c_int {
             generation: 0,
             tx_waiting: false,
             progress: Progress::new(sys::IVNET_TX_WAIT_MS, sys::IVNET_PEER_TIMEOUT_MS),
+            wait_budget: WaitBudget::new(
+                WAIT_WINDOW_MS,
+                WAIT_WINDOW_MS * sys::IVNET_TX_WAIT_BUDGET_PCT / 100,
+            ),
             reset_pending: false,
             instance: cfg.instance,
             errors: RateLimit::new(1000),
@@ -706,14 +712,22 @@ impl Driver {
         let wake = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
             if !l.tx_waiting {
-                return false;
+                return None;
             }
-            if l.state == LinkState::Run {
-                // A protocol error resets the link; the woken sender then sees it down.
-                let _ = l.reclaim();
+            if l.state == LinkState::Run && l.reclaim().is_err() {
+                // The link was reset: the woken sender sees it down, and the next round (the
+                // signal is raised below) turns the carrier off and rings the peer.
+                return Some(true);
             }
-            true
+            Some(false)
         });
+        let (wake, reset) = match wake {
+            Some(r) => (true, r),
+            None => (false, false),
+        };
+        if reset {
+            self.raise();
+        }
         if wake {
             // SAFETY: initialised in init.
             unsafe { sys::k_sem_give(self.tx_room.get()) };
@@ -897,10 +911,11 @@ impl Driver {
                     return Tx::Fail(-(sys::EIO as c_int));
                 }
                 let Some(slot) = l.queues.tx.reserve(len) else {
-                    let left = l.progress.wait_left(now());
+                    let t = now();
+                    let left = l.progress.wait_left(t).min(l.wait_budget.left(t));
                     if left == 0 {
-                        // The peer completed nothing lately: drop rather than hold up the
-                        // TX thread (and every other interface behind it).
+                        // The peer completed nothing lately, or this link has had its share
+                        // of the TX thread: drop rather than hold up every other interface.
                         l.tx_waiting = false;
                         l.stats.tx_dropped += 1;
                         return Tx::Fail(-(sys::ENOBUFS as c_int));
@@ -942,8 +957,15 @@ impl Driver {
                 Tx::Wait(left) => {
                     // The link thread gives the semaphore after the peer's completion
                     // doorbell; look again at least every 10 ms.
+                    let t = now();
                     // SAFETY: initialised in init.
                     unsafe { sys::k_sem_take(self.tx_room.get(), sys::msec(left.min(10))) };
+                    let waited = now().saturating_sub(t).max(1);
+                    critical_section::with(|cs| {
+                        let mut l = self.link.borrow_ref_mut(cs);
+                        l.wait_budget
+                            .charge(u32::try_from(waited).unwrap_or(u32::MAX));
+                    });
                 }
                 Tx::Fail(e) => {
                     if e == -(sys::EIO as c_int) {
@@ -979,6 +1001,9 @@ impl core::fmt::Display for Suppressed {
         }
     }
 }
+
+/// The window of send()'s wait budget (CONFIG_ETH_IVNET_TX_WAIT_BUDGET_PCT of it per link).
+const WAIT_WINDOW_MS: u32 = 100;
 
 /// Milliseconds since boot (the liveness clock).
 fn now() -> u64 {
@@ -1025,7 +1050,7 @@ unsafe fn write_pkt(pkt: *mut net_pkt, mut src: *const u8, len: usize) -> bool {
     if !buf.is_null() {
         // SAFETY: `src` is readable for `len` bytes (the closure never reads past them);
         // the peer may change them meanwhile, which only changes the padding chosen.
-        let off = payload_offset(|i| unsafe { ptr::read_volatile(src.add(i)) }, len);
+        let off = payload_offset(|i| unsafe { copy::load_byte(src.add(i)) }, len);
         // SAFETY: buf is valid and empty; `b` is its net_buf_simple view.
         let sb = unsafe { &mut (*buf).__bindgen_anon_1.b };
         let pad = (8 - (sb.data as usize + off) % 8) % 8;
