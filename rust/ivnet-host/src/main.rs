@@ -323,7 +323,7 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|mut s| {
             // The socket is bound: nothing else needs privileges.
-            ivnet_host::privs::drop_all_in_thread();
+            ivnet_host::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
             s.run(&stop).map_err(|e| e.to_string())
         }),
         Cmd::Peer {
@@ -339,7 +339,7 @@ fn main() -> ExitCode {
             let tap = Tap::open(&tap).map_err(|e| e.to_string())?;
             let client = Client::connect(&socket, vectors).map_err(|e| e.to_string())?;
             // The TAP is open and the link joined: nothing else needs privileges.
-            ivnet_host::privs::drop_all_in_thread();
+            ivnet_host::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
             let mut link = Link::new(client).map_err(|e| e.to_string())?;
             static STATS: AtomicBool = AtomicBool::new(false);
             extern "C" fn on_usr1(_: libc::c_int) {

@@ -426,8 +426,12 @@ impl Supervisor {
         let (v, stop, sock) = (view.clone(), self.stop.clone(), self.paths.link(link));
         let name = format!("peer-{tap_name}");
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            // What the peer writes is handled here: with no capabilities (see privs).
-            crate::privs::drop_all_in_thread();
+            // What the peer writes is handled here: with no capabilities (see privs), or not
+            // at all.
+            if let Err(e) = crate::privs::drop_all_in_thread() {
+                error!("host peer on {}: {e}: not serving the link", tap.name());
+                return;
+            }
             // The peer stays for the network's life: when its link breaks (the server is
             // being stopped) it tries again until told to stop.
             let mut backoff = Duration::from_secs(1);
@@ -476,7 +480,10 @@ impl Supervisor {
         let stop = self.stop.clone();
         self.observer = Some(std::thread::Builder::new().name("observer".into()).spawn(
             move || {
-                crate::privs::drop_all_in_thread();
+                if let Err(e) = crate::privs::drop_all_in_thread() {
+                    error!("observer: {e}: not observing");
+                    return;
+                }
                 while !stop.load(Ordering::Relaxed) {
                     for (o, shared) in obs.iter_mut() {
                         o.sample();
@@ -1025,8 +1032,12 @@ impl Drop for Slot {
 /// (at most [`METRICS_CLIENTS`] at once), so that a client that is slow to send its request
 /// cannot keep the others waiting.
 fn serve_metrics(listener: TcpListener, snapshot: Arc<Mutex<Value>>, stop: &AtomicBool) {
-    // HTTP from anyone who can reach the address: handled with no capabilities (see privs).
-    crate::privs::drop_all_in_thread();
+    // HTTP from anyone who can reach the address: handled with no capabilities (see privs),
+    // or not at all.
+    if let Err(e) = crate::privs::drop_all_in_thread() {
+        error!("metrics: {e}: not serving metrics");
+        return;
+    }
     listener.set_nonblocking(true).expect("nonblocking");
     let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {

@@ -143,15 +143,19 @@ pub fn keep_only(keep: &[Cap], effective: &[Cap]) -> io::Result<()> {
 }
 
 /// Drops every capability of the calling thread (and of what it starts later), when running
-/// as root; logs why not when that fails. For threads and processes that, once started, only
-/// use file descriptors they already hold.
-pub fn drop_all_in_thread() {
+/// as root. For threads and processes that, once started, only use file descriptors they
+/// already hold. An error means the thread still holds capabilities: its caller must not go on
+/// to handle untrusted input.
+pub fn drop_all_in_thread() -> io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        return;
+        return Ok(());
     }
-    if let Err(e) = keep_only(&[], &[]) {
-        log::error!("could not drop the capabilities of this thread: {e}");
-    }
+    keep_only(&[], &[]).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("could not drop the capabilities of this thread: {e}"),
+        )
+    })
 }
 
 /// The capability sets of a task from /proc (`CapEff`, `CapBnd`, ...): name -> mask. `tid`

@@ -198,7 +198,7 @@ impl Server {
     /// (see [`crate::privs`]): it only uses the socket and memory it already has.
     pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<io::Result<()>> {
         std::thread::spawn(move || {
-            crate::privs::drop_all_in_thread();
+            crate::privs::drop_all_in_thread()?;
             self.run(&stop)
         })
     }
