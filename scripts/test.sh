@@ -48,17 +48,20 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   # ccache (Zephyr uses it when installed): paths under the clone are rewritten relative to
   # it, so that a fresh clone (CI) hits the cache of the last one.
   export CCACHE_BASEDIR="$here" CCACHE_NOHASHDIR=true
+  # One cargo target directory for the driver crate of the builds below (one after the other):
+  # its build dependencies (bindgen, cbindgen) compile once, and stay for the next run.
+  zcargo="-DIVNET_CARGO_TARGET_DIR=${IVNET_CARGO_TARGET_DIR:-$HOME/.cache/ivnet/cargo-zephyr}"
   step "west build samples/echo (qemu_cortex_a53, module from outside the tree)" \
-    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo"
+    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/echo" -- "$zcargo"
   step "west build samples/echo as a network cell (-S ivnet -S ivnet-cell: two links, fw_cfg config, MCUmgr)" \
-    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell" -S ivnet -S ivnet-cell
+    west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell" -S ivnet -S ivnet-cell -- "$zcargo"
   step "west build the cell image with the liveness watchdog off (the liveness test's second case)" \
     west build -p auto -b qemu_cortex_a53 samples/echo -d "$build/cell-nowd" -S ivnet -S ivnet-cell -- \
-      -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0
+      -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0 "$zcargo"
   step "drop-in: Zephyr's own samples/net/zperf with -S ivnet and EXTRA_ZEPHYR_MODULES" \
     west build -p auto -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/net/zperf" -d "$build/zperf-dropin" -S ivnet -- \
       -DEXTRA_ZEPHYR_MODULES="$here" -DEXTRA_CONF_FILE="$here/prj.conf" \
-      -DCONFIG_POSIX_API=n -DCONFIG_MINIMAL_LIBC=y -DCONFIG_PICOLIBC_USE_MODULE=n
+      -DCONFIG_POSIX_API=n -DCONFIG_MINIMAL_LIBC=y -DCONFIG_PICOLIBC_USE_MODULE=n "$zcargo"
   step "cargo clippy (Zephyr driver crate, target build)" bash scripts/clippy-zephyr.sh "$build/echo"
   step "cargo clippy (Zephyr driver crate, cell build: fw_cfg config, STATS groups)" \
     bash scripts/clippy-zephyr.sh "$build/cell"
