@@ -17,7 +17,7 @@ import ivnet_harness as h  # noqa: E402
 def built_echo(env: str, build: str, west_args: str = "") -> Path:
     """The echo sample's image: $`env` if set, else build/`build`, built (with `west_args`)
     when missing."""
-    elf = Path(os.environ.get(env, ROOT / "build" / build / "zephyr" / "zephyr.elf"))
+    elf = Path(os.environ.get(env, ROOT / "build" / build / "zephyr" / "zephyr.elf")).absolute()
     if not elf.exists():
         subprocess.run(["bash", "-c", f". {ROOT}/scripts/zephyr-env.sh && west build -b qemu_cortex_a53 "
                         f"{ROOT}/samples/echo -d {ROOT}/build/{build} {west_args}"], check=True)

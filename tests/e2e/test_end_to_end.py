@@ -105,7 +105,7 @@ def test_host_peer_restart_mid_ping(work, echo_elf):
 def test_dropin_into_zephyrs_zperf_sample(work):
     """Zephyr's own samples/net/zperf, unmodified, built with `-S ivnet` and the module added
     from outside the tree: it comes up on the link with its configured 192.0.2.1."""
-    elf = Path(os.environ["IVNET_ZPERF_ELF"])
+    elf = Path(os.environ["IVNET_ZPERF_ELF"]).absolute()
     with h.Stack() as st:
         ns = st.push(h.Netns(f"ivnet-e2e-{int(time.time() * 1000) % 100000}"))
         ns.tap("ivtap0", f"{HOST_IP}/24")

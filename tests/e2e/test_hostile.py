@@ -13,6 +13,7 @@ host peer would), link 0 pinged throughout. Against the host bridge: `ivnet peer
 one namespace, the hostile peer on a TAP in another, pinging across the link.
 """
 
+import os
 import re
 import signal
 import time
@@ -44,21 +45,39 @@ EXPECT = {
     "republish": "rx_frames",  # the blaster's requests are not forwarded meanwhile
     "drip": "tx_dropped",
 }
+# IVNET_HOSTILE_ATTACKS=a,b,...: only these (while working on one); all by default.
+ONLY = [a for a in os.environ.get("IVNET_HOSTILE_ATTACKS", "").split(",") if a]
+for _a in ONLY:
+    assert _a in EXPECT, f"IVNET_HOSTILE_ATTACKS: no attack named {_a!r} (known: {', '.join(EXPECT)})"
 # Attacks that must not reset the link (the peer stayed within the protocol).
 NO_RESET = {"oversize", "doorbell-flood", "republish", "drip"}
+# Link 0's p99 during an attack on link 1 stays below P99_MS (ms). A doorbell flood costs every
+# link of the cell: each doorbell is an interrupt QEMU injects (under its big lock, shared with
+# the vCPU's I/O), whatever the driver does with it; measured p50 2-3 ms, p99 5-35 ms on this
+# machine (docs/reliability.md). No ping is lost.
+# A dripping peer (never stuck, so send() may wait for it) holds the TX thread that all links
+# share for up to the wait budget (ETH_IVNET_TX_WAIT_BUDGET_PCT, 10 ms of every 100 ms): a frame
+# of link 0 queued behind such a wait is late by as much.
+P99_MS = {"doorbell-flood": 60.0, "drip": 20.0}
 # The stall must outlast the driver's watchdog (2 s) by a margin on a loaded host.
-SECS = {"stall": 5}
+SECS = {"stall": 5, "drip": 6}
+# Requests a second to link 1 during an attack, on top of the steady 100 a second: the drip
+# completes 25 frames a second, and the cell's TX ring (up to 2048 frames) must fill within the
+# attack for send() to meet it (and wait within its budget, then drop).
+EXTRA_RATE = {"drip": 1500}
 
 
 def test_hostile_peer_against_the_driver(work, cell_elf):
     results = []
     with h.Stack() as st:
-        two = TwoLinks(st, work, cell_elf, "ivnet-hostile", attack="stall")
+        attacks = [a for a in EXPECT if not ONLY or a in ONLY]
+        two = TwoLinks(st, work, cell_elf, "ivnet-hostile", attack=attacks[0])
         ns, vm = two.ns, two.vm
         # Link 1 keeps being asked for answers (in-flight frames for the completion attacks).
-        two.blaster(st, CELL1, 100, 200, len(EXPECT) * (ATTACK_SECS + 45) + 60)
+        two.blaster(st, CELL1, 100, 200, len(attacks) * (ATTACK_SECS + 45) + 60)
         first = True
-        for attack, counter in EXPECT.items():
+        for attack in attacks:
+            counter = EXPECT[attack]
             if not first:
                 # A new hostile peer for this attack: the old one leaves (the cell sees RESET),
                 # the new one joins and runs honestly until SIGUSR1.
@@ -71,6 +90,8 @@ def test_hostile_peer_against_the_driver(work, cell_elf):
             secs = SECS.get(attack, ATTACK_SECS)
             before = two.stat("ivnet1")
             mark = vm.mark()
+            if attack in EXTRA_RATE:
+                two.blaster(st, CELL1, EXTRA_RATE[attack], 200, secs)
             pinger = ns.popen("ping", "-c", str(secs * 50), "-i", "0.02", "-W", "1", CELL0,
                               log=work / f"ping0-{attack}.log")
             two.hostile.send_signal(signal.SIGUSR1)
@@ -87,14 +108,14 @@ def test_hostile_peer_against_the_driver(work, cell_elf):
             grew = {k: mid[k] - before[k] for k in mid if mid[k] != before[k]}
             logged = len(re.findall(r"ivnet1: peer (broke|completed)", during))
             row = {"attack": attack, "grew": grew, "back_s": round(back, 2), "logs": logged,
-                   "link0": f"{len(rtts)}/{secs * 50}, p99 {pct(rtts, 99):.2f} ms" if rtts else "none"}
+                   "link0": f"{len(rtts)}/{secs * 50}, p50 {pct(rtts, 50):.2f} ms, p99 {pct(rtts, 99):.2f} ms, max {max(rtts):.2f} ms" if rtts else "none"}
             results.append(row)
             print(row)
             two.assert_no_fatal()
             assert "ivnet0: carrier off" not in during, f"{attack}: link 0 went down"
             assert len(rtts) >= secs * 50 - 2, f"{attack}: link 0 lost pings: {text[-300:]}"
             # Whatever happens on link 1, link 0 keeps its latency.
-            assert pct(rtts, 99) < 10.0, (attack, row["link0"])
+            assert pct(rtts, 99) < P99_MS.get(attack, 10.0), (attack, row["link0"])
             if counter:
                 assert grew.get(counter, 0) > 0, (attack, counter, grew)
             if attack in NO_RESET:

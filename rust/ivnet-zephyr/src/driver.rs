@@ -125,6 +125,11 @@ struct Link {
     generation: u32,
     /// send() is waiting for ring space.
     tx_waiting: bool,
+    /// The peer's id when the link entered RUN: on ivshmem-doorbell the owner table says who
+    /// the peer is, and a different id there (a peer replaced faster than we looked, or an
+    /// owner word overwritten) means the peer we ran with is gone: RESET, and doorbells no
+    /// longer go to an id nobody may hold.
+    run_peer: Option<u32>,
     /// When the peer last completed a frame of ours (see ivnet_core::liveness).
     progress: Progress,
     /// How much of the TX thread's time send() may spend waiting for this peer.
@@ -162,10 +167,31 @@ impl Link {
         let queues = &mut self.queues;
         let generation = &mut self.generation;
         let mut transitions = 0u32;
+        // A different peer id counts as the peer's RESET once: we leave RUN, and then wait
+        // in RESET for whoever holds the slot to go through RESET too.
+        let holder = tr.peer_id();
+        let mut replaced = before == LinkState::Run && holder != self.run_peer;
+        if replaced {
+            if let Some(n) = self.errors.check(now()) {
+                wrn!(
+                    "ivnet{}: the peer slot's owner changed from {:?} to {:?}: resetting the link{}",
+                    self.instance,
+                    self.run_peer,
+                    holder,
+                    Suppressed(n)
+                );
+            }
+        }
         let r = settle(
             self.state,
             self.up,
-            || tr.peer_state(),
+            || {
+                if core::mem::take(&mut replaced) {
+                    Ok(LinkState::Reset)
+                } else {
+                    tr.peer_state()
+                }
+            },
             |_, t| {
                 if t.reset_queues {
                     queues.reset()?;
@@ -186,6 +212,7 @@ impl Link {
         }
         if self.state == LinkState::Run && before != LinkState::Run {
             fx.entered_run = true;
+            self.run_peer = self.t.peer_id();
             self.progress.restart(now());
             let _ = self.queues.rx.enable_notify();
         }
@@ -527,6 +554,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
             up: false,
             generation: 0,
             tx_waiting: false,
+            run_peer: None,
             progress: Progress::new(sys::IVNET_TX_WAIT_MS, sys::IVNET_PEER_TIMEOUT_MS),
             wait_budget: WaitBudget::new(
                 WAIT_WINDOW_MS,
