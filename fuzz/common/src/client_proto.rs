@@ -110,11 +110,36 @@ struct Harness {
     jobs: Mutex<Sender<Job>>,
 }
 
+const SOCK_PREFIX: &str = "ivnet-fuzz-client-";
+
+/// libFuzzer ends a process with `exit()`, so the socket of an earlier run stays behind: remove
+/// those whose process is gone.
+fn remove_stale_sockets(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SOCK_PREFIX))
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("ivnet-fuzz-client-{}.sock", std::process::id()));
+        let dir = std::env::temp_dir();
+        remove_stale_sockets(&dir);
+        let path = dir.join(format!("{SOCK_PREFIX}{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind the fuzz server socket");
         let (tx, rx) = channel::<Job>();
