@@ -91,18 +91,36 @@ impl FwCfg {
 
 static CONFIG: Mutex<RefCell<Option<CellConfig>>> = Mutex::new(RefCell::new(None));
 
+/// The fw_cfg file is read into static memory, not onto the stack: [`get`] runs first during
+/// device init, on the stack of Zephyr's init (later main) thread, which an application may keep
+/// small (Zephyr's echo_server sample: 2 KiB, which a 1 KiB buffer there overflowed).
+static FILE: Mutex<RefCell<[u8; MAX_FILE]>> = Mutex::new(RefCell::new([0; MAX_FILE]));
+
 /// The cell's configuration (read from fw_cfg once; empty when there is none).
 pub fn get() -> CellConfig {
     if let Some(c) = critical_section::with(|cs| *CONFIG.borrow_ref(cs)) {
         return c;
     }
-    let mut buf = [0u8; MAX_FILE];
-    let cfg = match FwCfg::open().and_then(|f| f.file(cell::FW_CFG_NAME.as_bytes(), &mut buf)) {
+    let fw = FwCfg::open();
+    // Once, at boot: the fw_cfg reads and the parse run with interrupts locked (the buffer is
+    // shared), a millisecond or so.
+    let cfg = critical_section::with(|cs| {
+        let mut file = FILE.borrow_ref_mut(cs);
+        let buf = &mut file[..];
+        read_config(fw.as_ref(), buf)
+    });
+    critical_section::with(|cs| *CONFIG.borrow_ref_mut(cs) = Some(cfg));
+    cfg
+}
+
+/// Reads and parses the cell configuration file into `buf`'s room.
+fn read_config(fw: Option<&FwCfg>, buf: &mut [u8]) -> CellConfig {
+    match fw.and_then(|f| f.file(cell::FW_CFG_NAME.as_bytes(), buf)) {
         Some(len) => {
             inf!("cell config: {} bytes from fw_cfg", len);
             // A file longer than the buffer was cut: drop its partial last line, which could
             // otherwise parse as a different value (10.20.0.1 from 10.20.0.12).
-            let len = if len == MAX_FILE {
+            let len = if len == buf.len() {
                 buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
             } else {
                 len
@@ -112,9 +130,7 @@ pub fn get() -> CellConfig {
             })
         }
         None => CellConfig::default(),
-    };
-    critical_section::with(|cs| *CONFIG.borrow_ref_mut(cs) = Some(cfg));
-    cfg
+    }
 }
 
 /// The interfaces of the ivnet devices, by devicetree instance (set by `iface_init`).
