@@ -237,6 +237,9 @@ class Vm(Console):
         self.log_path = workdir / f"{name}-console.log"
         self.mon_path = workdir / f"{name}-monitor.sock" if monitor else None
         self.mon = None
+        # A socket file left by an earlier QEMU of that name would take the console's first
+        # connect attempts.
+        self.con_path.unlink(missing_ok=True)
         mon = f"unix:{self.mon_path},server=on,wait=off" if monitor else "none"
         qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
                 "-global", "virtio-mmio.force-legacy=false",

@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::v1::{VECTOR_DATA, VECTOR_STATE};
@@ -161,6 +161,87 @@ pub fn run_with(
     link: &mut Link,
     tap: &Tap,
     stop: &AtomicBool,
+    tick: impl FnMut(&Link),
+) -> io::Result<()> {
+    run_full(link, tap, stop, false, tick)
+}
+
+/// How long the TAP's carrier stays off after the link went down, at least: the kernel
+/// handles a carrier change up to a second later (linkwatch), and must see it off to forget
+/// the neighbours behind it.
+pub const CARRIER_OFF_MIN: Duration = Duration::from_millis(1100);
+
+/// Makes a TAP's carrier follow the link's, as a NIC's follows its cable: when the link goes
+/// down (the cell left, restarted or broke the protocol) the TAP's carrier goes off for at
+/// least [`CARRIER_OFF_MIN`], so that the kernel drops the neighbour entries of the old cell.
+/// A cell that comes back with another MAC (a random one per boot) is then found at once,
+/// instead of after the old entry's reachable time and probes (8 to 40 s measured).
+struct CarrierFollower {
+    on: bool,
+    /// What the TAP was last set to (None: nothing yet).
+    tap: Option<bool>,
+    /// When the TAP's carrier went off after being on.
+    off_at: Option<Instant>,
+    /// The link's carrier_ups when last looked at: a link that went down and up within one
+    /// state update still counts as down.
+    ups: u64,
+}
+
+impl CarrierFollower {
+    fn new(on: bool, ups: u64) -> Self {
+        CarrierFollower {
+            on,
+            tap: None,
+            off_at: None,
+            ups,
+        }
+    }
+
+    fn set(&mut self, tap: &Tap, on: bool) {
+        if let Err(e) = tap.set_carrier(on) {
+            warn!("{e}: the TAP's carrier stays as it is whatever the link does");
+            self.on = false;
+        }
+        if self.tap == Some(true) && !on {
+            self.off_at = Some(Instant::now());
+        }
+        self.tap = Some(on);
+    }
+
+    fn update(&mut self, link: &Link, tap: &Tap) {
+        if !self.on {
+            return;
+        }
+        let want = link.carrier();
+        let bounced = link.stats.carrier_ups != self.ups;
+        self.ups = link.stats.carrier_ups;
+        if (bounced || !want) && self.tap != Some(false) {
+            self.set(tap, false);
+        }
+        if want && self.tap != Some(true) && !self.holding() {
+            self.set(tap, true);
+        }
+    }
+
+    /// The TAP's carrier is held off for a while.
+    fn holding(&self) -> bool {
+        self.off_at.is_some_and(|t| t.elapsed() < CARRIER_OFF_MIN)
+    }
+
+    /// The link is up and the TAP's carrier is waiting to follow.
+    fn pending(&self) -> bool {
+        self.on && self.tap == Some(false) && self.holding()
+    }
+}
+
+/// As [`run_with`]; `follow_carrier`: the TAP's carrier follows the link's (see
+/// [`CarrierFollower`]; for a TAP of its own, not a bridge port, whose neighbours live on the
+/// bridge and whose carrier would take the port down).
+pub fn run_full(
+    link: &mut Link,
+    tap: &Tap,
+    stop: &AtomicBool,
+    follow_carrier: bool,
     mut tick: impl FnMut(&Link),
 ) -> io::Result<()> {
     link.update_state();
@@ -170,7 +251,9 @@ pub fn run_with(
     let mut warnings = Warnings::default();
     // Work left over from the last round (a full round each way): poll without waiting.
     let mut busy = false;
+    let mut carrier = CarrierFollower::new(follow_carrier, link.stats.carrier_ups);
     while !stop.load(Ordering::Relaxed) {
+        carrier.update(link, tap);
         if last_tick.elapsed().as_millis() >= 100 {
             last_tick = Instant::now();
             tick(link);
@@ -191,7 +274,13 @@ pub fn run_with(
                 PollFd::new(data, PollFlags::POLLIN),
                 PollFd::new(tap.as_fd(), tap_flags),
             ];
-            let timeout = if busy { 0u16 } else { 200 };
+            let timeout = if busy {
+                0u16
+            } else if carrier.pending() {
+                50
+            } else {
+                200
+            };
             match poll(&mut fds, PollTimeout::from(timeout)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),

@@ -347,7 +347,7 @@ fn main() -> ExitCode {
             }
             // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
             unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
-            let r = bridge::run_with(&mut link, &tap, &stop, |l| {
+            let r = bridge::run_full(&mut link, &tap, &stop, true, |l| {
                 if STATS.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     log::info!("stats: {:?}", l.stats);
                 }

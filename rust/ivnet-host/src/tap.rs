@@ -10,8 +10,9 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 mod ioctl {
     #![allow(missing_docs)]
     nix::ioctl_write_int!(tunsetiff, b'T', 202);
+    nix::ioctl_write_ptr!(tunsetcarrier, b'T', 226, libc::c_int);
 }
-use ioctl::tunsetiff;
+use ioctl::{tunsetcarrier, tunsetiff};
 
 #[repr(C)]
 struct IfReq {
@@ -72,6 +73,23 @@ impl Tap {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the TAP's carrier (`TUNSETCARRIER`, Linux 4.19+), as a NIC's follows its cable.
+    /// Carrier off makes the kernel drop the interface's neighbour entries, so that a cell
+    /// that comes back with another MAC is found again at once.
+    pub fn set_carrier(&self, on: bool) -> io::Result<()> {
+        let v: libc::c_int = on.into();
+        // SAFETY: TUNSETCARRIER reads one int through the pointer, which points to `v`; the fd
+        // is our attached TAP.
+        unsafe { tunsetcarrier(self.file.as_raw_fd(), &v) }
+            .map(|_| ())
+            .map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("TAP {} carrier: {e}", self.name),
+                )
+            })
     }
 
     /// Reads one frame into the `len` bytes at `dst`; `Ok(None)` when none is waiting.
