@@ -42,6 +42,9 @@ static const struct ethernet_api ivnet_api = {
 	.get_capabilities = ivnet_get_capabilities,
 	.get_config = ivnet_get_config,
 	.send = ivnet_send,
+#if defined(CONFIG_NET_STATISTICS_ETHERNET)
+	.get_stats = ivnet_get_stats,
+#endif
 };
 
 #define IVNET_INSTANCE(n)                                                                          \

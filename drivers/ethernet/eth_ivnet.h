@@ -8,6 +8,7 @@
 
 #include <zephyr/kernel.h>
 #include <zephyr/device.h>
+#include <zephyr/net/net_stats.h>
 
 /** What devicetree says about one instance, plus its thread's stack. */
 struct ivnet_config {
@@ -28,6 +29,11 @@ struct ivnet_config {
 /** Per-instance run-time state: a pointer to the Rust driver object. */
 struct ivnet_data {
 	void *driver;
+#if defined(CONFIG_NET_STATISTICS_ETHERNET)
+	/** Zephyr's Ethernet statistics (`net stats`): the Ethernet L2 counts frames, bytes,
+	 * broadcast and multicast; the driver its own drops, timeouts and restarts. */
+	struct net_stats_eth stats;
+#endif
 };
 
 /** Logs one message from Rust through Zephyr's logging (level: 1 err .. 4 dbg). */

@@ -36,6 +36,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ivnet_cell_config)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_dhcpv4)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_stats)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_eth_stats)");
     let autoconf = includes
         .split([';', ' '])
         .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
@@ -52,6 +53,7 @@ fn main() {
             ("IVNET_CELL_CONFIG", "ivnet_cell_config"),
             ("NET_DHCPV4", "ivnet_dhcpv4"),
             ("ETH_IVNET_STATS", "ivnet_stats"),
+            ("NET_STATISTICS_ETHERNET", "ivnet_eth_stats"),
         ] {
             if set(sym) {
                 println!("cargo:rustc-cfg={cfg}");

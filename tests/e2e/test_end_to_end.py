@@ -128,6 +128,40 @@ def test_restarted_cell_is_reachable_at_once(work, echo_elf):
             print(f"restart {i + 1}: first answer after {time.time() - t:.2f} s")
 
 
+def eth_stats(vm) -> dict:
+    """The first interface's Ethernet statistics as `net stats` prints them (the driver's
+    get_stats, through CONFIG_NET_STATISTICS_USER_API)."""
+    out = vm.shell("net stats iface 1", r"Unknown protocol\s*:\s*\d+", 10)
+    block = out[out.index("Statistics for Ethernet interface"):]
+    return {k.strip(): int(v) for k, v in re.findall(r"^([A-Za-z ]+?)\s*:\s*(\d+)\s*$", block, re.M)}
+
+
+def test_net_stats_shows_the_link(work, cell_elf):
+    """`net stats` in a cell shows the ivnet interface's Ethernet counters: frames and bytes
+    (counted by Zephyr's Ethernet L2 through the driver's get_stats) and the driver's own
+    drops."""
+    with h.Stack() as st:
+        ns = st.push(h.Netns(f"ivnet-e2e-{int(time.time() * 1000) % 100000}"))
+        ns.tap("ivtap0", f"{HOST_IP}/24")
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log"))
+        st.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log"))
+        vm = st.push(h.Vm(cell_elf, [link], work, "cell"))
+        vm.wait_for("ivnet0: carrier on", 20)
+        vm.wait_for(re.escape(h.Vm.PROMPT), 10)
+        vm.shell(f"net ipv4 add 1 {VM_IP} 255.255.255.0")
+        before = eth_stats(vm)
+        r = ns.run("ping", "-c", "50", "-i", "0.02", "-s", "200", "-W", "2", VM_IP, check=False)
+        assert h.ping_summary(r.stdout) == (50, 50), r.stdout
+        after = eth_stats(vm)
+        grew = {k: after[k] - before[k] for k in after}
+        print(f"net stats grew by {grew}")
+        assert grew["Packets received"] >= 50 and grew["Packets sent"] >= 50, grew
+        # 50 requests of 200 bytes of payload + 8 ICMP + 20 IPv4 + 14 Ethernet.
+        assert grew["Bytes received"] >= 50 * 242 and grew["Bytes sent"] >= 50 * 242, grew
+        assert after["Send Drops"] == 0 and after["Send errors"] == 0, after
+
+
 @pytest.mark.skipif(not os.environ.get("IVNET_ZPERF_ELF"), reason="IVNET_ZPERF_ELF not built")
 def test_dropin_into_zephyrs_zperf_sample(work):
     """Zephyr's own samples/net/zperf, unmodified, built with `-S ivnet` and the module added

@@ -327,11 +327,25 @@ pub struct Driver {
     doorbells: AtomicU32,
     #[cfg(ivnet_stats)]
     stats: crate::stats::Published,
+    /// Zephyr's Ethernet statistics of this device (in its `ivnet_data`).
+    #[cfg(ivnet_eth_stats)]
+    eth: *mut sys::net_stats_eth,
 }
 
 // SAFETY: the kernel objects are used only through kernel calls made for concurrent use; the
 // link state is behind a critical-section mutex; the rest is immutable after init.
 unsafe impl Sync for Driver {}
+
+/// Zephyr's Ethernet statistics of `dev` (valid whether or not init succeeded).
+///
+/// # Safety
+/// `dev` must be a device defined by the C shim (its data is a `struct ivnet_data`).
+#[cfg(ivnet_eth_stats)]
+pub unsafe fn eth_stats(dev: *const device) -> *mut sys::net_stats_eth {
+    // SAFETY: per the contract, `data` points to this instance's ivnet_data, which lives as
+    // long as the device (static); only its address is taken.
+    unsafe { ptr::addr_of_mut!((*((*dev).data as *mut sys::ivnet_data)).stats) }
+}
 
 /// The driver of `dev` (null before init succeeded).
 ///
@@ -572,6 +586,9 @@ pub unsafe fn init(dev: *const device) -> c_int {
         doorbells: AtomicU32::new(0),
         #[cfg(ivnet_stats)]
         stats: crate::stats::Published::new(),
+        // SAFETY: dev is one of our devices.
+        #[cfg(ivnet_eth_stats)]
+        eth: unsafe { eth_stats(dev) },
     };
     // SAFETY: `mem` is a fresh, aligned allocation big enough for a Driver.
     unsafe { mem.write(drv) };
@@ -674,6 +691,17 @@ impl Driver {
         l.stats.doorbells = self.doorbells.load(Ordering::Relaxed);
         #[cfg(ivnet_stats)]
         self.stats.publish(&l.stats);
+        #[cfg(ivnet_eth_stats)]
+        // SAFETY: `eth` is this device's statistics (static). The L2 increments other fields
+        // of it from the RX and TX paths; these are the driver's alone, and each is one
+        // aligned 32-bit store (net_stats_t) that a reader sees whole.
+        unsafe {
+            let e = self.eth;
+            (*e).tx_dropped = l.stats.tx_dropped;
+            (*e).tx_timeout_count = l.stats.peer_stalls;
+            (*e).tx_restart_queue = l.stats.protocol_resets.wrapping_add(l.stats.peer_stalls);
+            (*e).error_details.rx_no_buffer_count = l.stats.rx_dropped;
+        }
     }
 
     /// One round of the link thread: follow the state, receive, wake a waiting sender. Also

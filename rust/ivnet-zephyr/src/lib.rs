@@ -91,6 +91,19 @@ pub unsafe extern "C" fn ivnet_send(dev: *const device, pkt: *mut net_pkt) -> c_
     unsafe { driver::send(dev, pkt) }
 }
 
+/// Zephyr's Ethernet statistics of the interface (`net stats`, `net_mgmt`): the Ethernet L2
+/// updates frames, bytes, broadcast, multicast and errors through this pointer on every frame;
+/// the driver sets its own counters there (see `driver::publish`).
+///
+/// # Safety
+/// Called by the Ethernet L2 with one of our devices.
+#[cfg(ivnet_eth_stats)]
+#[no_mangle]
+pub unsafe extern "C" fn ivnet_get_stats(dev: *const device) -> *mut sys::net_stats_eth {
+    // SAFETY: forwarded contract.
+    unsafe { driver::eth_stats(dev) }
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     log::log(log::Level::Err, format_args!("ivnet: panic: {}", info));
