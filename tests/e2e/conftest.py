@@ -48,3 +48,15 @@ def work():
     w = h.Workdir("ivnet-e2e")
     yield w.path
     w.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The drop-in conformance table (tests/e2e/test_conformance.py), when it ran."""
+    mod = sys.modules.get("test_conformance")
+    if mod is None or not mod.RESULTS:
+        return
+    text = mod.table()
+    terminalreporter.write_sep("=", "drop-in conformance: Zephyr's samples on ivnet and virtio-net")
+    terminalreporter.write_line(text)
+    mod.CONF.mkdir(parents=True, exist_ok=True)
+    (mod.CONF / "results.md").write_text(text + "\n")

@@ -1,0 +1,124 @@
+"""Drop-in conformance: Zephyr's own networking samples, built unchanged with the ivnet module
+added from outside the tree, run in QEMU against a real host-side counterpart in a namespace
+made here, and the same sample built for Zephyr's virtio-net as the control.
+
+Each row is one sample; each runs on both drivers. The images are built by scripts/test.sh
+(`conformance_builds`) into build/conf/<row>-<driver>, or here when missing. The host end is a
+TAP in a fresh namespace with the samples' peer addresses (192.0.2.2/24, 2001:db8::2/64): for
+ivnet the host peer bridges the link onto it, for virtio-net QEMU opens it itself. A table of
+the results is printed at the end of the session (and written to build/conf/results.md).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ivnet_harness as h
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = Path(os.environ.get("IVNET_CONF_DIR", ROOT / "build" / "conf")).absolute()
+DRIVERS = ["ivnet", "virtio-net"]
+SNIPPET = {"ivnet": "ivnet", "virtio-net": "virtio-net-baseline"}
+HOST4, HOST6 = "192.0.2.2", "2001:db8::2"
+CELL4, CELL6 = "192.0.2.1", "2001:db8::1"
+
+# row -> the sample's path under zephyr/samples (conformance-samples.txt, which scripts/test.sh
+# builds from too)
+SAMPLES = dict(
+    line.split()[:2]
+    for line in (Path(__file__).parent / "conformance-samples.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
+
+RESULTS: dict[tuple[str, str], str] = {}
+
+
+def image(row: str, driver: str) -> Path:
+    """The sample's image for `driver`, built when missing (unchanged: only the snippet and
+    the module from outside the tree)."""
+    elf = CONF / f"{row}-{driver}" / "zephyr" / "zephyr.elf"
+    if not elf.exists():
+        zephyr = Path(os.environ.get("ZEPHYR_BASE", Path.home() / "zephyrproject" / "zephyr"))
+        cmd = (f". {ROOT}/scripts/zephyr-env.sh && west build -p auto -b qemu_cortex_a53 "
+               f"{zephyr}/samples/{SAMPLES[row]} -d {elf.parents[1]} -S {SNIPPET[driver]} -- "
+               f"-DEXTRA_ZEPHYR_MODULES={ROOT}")
+        subprocess.run(["bash", "-c", cmd], check=True)
+    return elf
+
+
+class Setup:
+    """The namespace with the host end, and the sample's VM on `driver`."""
+
+    def __init__(self, st: h.Stack, work: Path, row: str, driver: str):
+        self.ns = st.push(h.Netns(f"ivconf-{int(time.time() * 1000) % 100000}"))
+        elf = image(row, driver)
+        if driver == "ivnet":
+            self.ns.tap("ivtap0")
+            link = work / "link.sock"
+            st.push(h.Server(link, work / "server.log"))
+            st.push(h.HostPeer(self.ns, link, "ivtap0", work / "peer.log"))
+            self.vm = st.push(h.Vm(elf, [link], work, row))
+        else:
+            self.ns.tap("ivtap0")
+            self.vm = st.push(h.Vm(elf, [], work, row, virtio_tap=(self.ns, "ivtap0")))
+        # The samples' peer addresses; no duplicate address detection on the host side (the
+        # cell's own takes its usual course).
+        self.ns.ip("addr", "add", f"{HOST4}/24", "dev", "ivtap0")
+        self.ns.ip("-6", "addr", "add", f"{HOST6}/64", "dev", "ivtap0", "nodad")
+
+    def boot_time(self, pattern: str, timeout: float = 30) -> float:
+        """Waits for `pattern` in the console; the guest's uptime (s) at that line."""
+        m = self.vm.wait_for(r"\[(\d+):(\d+):(\d+)\.(\d+),\d+\][^\n]*" + pattern, timeout)
+        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + int(m.group(4)) / 1000
+
+
+def client(ns: h.Netns, fn: str, *args) -> int:
+    """Runs a client of scripts/pylib/ivnet_clients.py inside the namespace; its result."""
+    r = ns.run(sys.executable, str(ROOT / "scripts/pylib/ivnet_clients.py"), fn, *map(str, args),
+               timeout=120, check=False)
+    assert r.returncode == 0, f"{fn} {args}: {r.stderr.strip().splitlines()[-1:]}"
+    return int(r.stdout.strip())
+
+
+def check_echo_server(s: Setup) -> str:
+    # Zephyr's echo_server starts its services once net_config has the IPv6 address (after
+    # duplicate address detection) and the connection manager says connected.
+    t = s.boot_time("Network connected")
+    for addr in (CELL4, CELL6):
+        n = client(s.ns, "tcp_echo", addr, 4242, 200_000)
+        assert n == 200_000, f"TCP {addr}: {n} of 200000 bytes echoed (-1: not byte-exact)"
+        n = client(s.ns, "udp_echo", addr, 4242, 50)
+        assert n == 50, f"UDP {addr}: {n}/50 echoed"
+    return f"connected at {t:.2f} s; TCP 200 kB + UDP 50/50 echoed byte-exact, IPv4 and IPv6"
+
+
+CHECKS = {
+    "echo_server": check_echo_server,
+}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("row", list(SAMPLES))
+def test_sample(row, driver, work):
+    with h.Stack() as st:
+        try:
+            s = Setup(st, work, row, driver)
+            detail = CHECKS[row](s)
+        except BaseException as e:
+            lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+            RESULTS[(row, driver)] = f"FAIL: {lines[0][:120]}"
+            raise
+        RESULTS[(row, driver)] = f"pass: {detail}"
+        print(f"{row} on {driver}: {detail}")
+
+
+def table() -> str:
+    lines = ["| sample | " + " | ".join(DRIVERS) + " |", "|---|" + "---|" * len(DRIVERS)]
+    for row, path in SAMPLES.items():
+        cells = [RESULTS.get((row, d), "not run") for d in DRIVERS]
+        lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
