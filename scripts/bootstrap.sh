@@ -3,9 +3,9 @@
 # host packages (QEMU 10 from bookworm-backports, cross toolchain, cmake/ninja/dtc, iperf, ...),
 # the Rust targets, and a Python venv with west and Zephyr's Python requirements.
 #
-# It does not create the Zephyr workspace itself: that is ~/zephyrproject (or $ZEPHYR_WORKSPACE),
-# made with `west init` + `west update` where GitHub is reachable (see docs/zephyr-workspace.md).
-# When the workspace exists, its Python requirements are installed into the venv.
+# Then the Zephyr workspace, ~/zephyrproject (or $ZEPHYR_WORKSPACE), when there is none
+# (scripts/workspace.sh: from the local sources that $IVNET_ZEPHYR_SRC and friends name, else
+# from GitHub with west; docs/zephyr-workspace.md), and its Python requirements.
 #
 # Usage: scripts/bootstrap.sh            (as root, or with sudo available)
 set -euo pipefail
@@ -97,6 +97,9 @@ fi
 if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient, ansible" 2>/dev/null; then
   log "installing the benchmark's analysis libraries, the MCUmgr client and ansible-core into $venv"
   "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
+fi
+if [ ! -f "$ws/zephyr/VERSION" ]; then
+  bash "$here/scripts/workspace.sh" || log "WARNING: no Zephyr workspace could be made (above); host-only set-up"
 fi
 if [ -d "$ws/zephyr/scripts" ]; then
   stamp="$venv/.ivnet-reqs"
