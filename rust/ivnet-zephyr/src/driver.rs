@@ -692,15 +692,27 @@ impl Driver {
         #[cfg(ivnet_stats)]
         self.stats.publish(&l.stats);
         #[cfg(ivnet_eth_stats)]
-        // SAFETY: `eth` is this device's statistics (static). The L2 increments other fields
-        // of it from the RX and TX paths; these are the driver's alone, and each is one
-        // aligned 32-bit store (net_stats_t) that a reader sees whole.
+        // SAFETY: `eth` is this device's statistics (static, aligned). The L2 increments other
+        // fields of it from the RX and TX paths; these four are the driver's alone. Each is
+        // stored as a relaxed atomic, since `net stats` may read it meanwhile.
         unsafe {
             let e = self.eth;
-            (*e).tx_dropped = l.stats.tx_dropped;
-            (*e).tx_timeout_count = l.stats.peer_stalls;
-            (*e).tx_restart_queue = l.stats.protocol_resets.wrapping_add(l.stats.peer_stalls);
-            (*e).error_details.rx_no_buffer_count = l.stats.rx_dropped;
+            let set = |p: *mut sys::net_stats_t, v: u32| {
+                AtomicU32::from_ptr(p).store(v, Ordering::Relaxed)
+            };
+            set(ptr::addr_of_mut!((*e).tx_dropped), l.stats.tx_dropped);
+            set(
+                ptr::addr_of_mut!((*e).tx_timeout_count),
+                l.stats.peer_stalls,
+            );
+            set(
+                ptr::addr_of_mut!((*e).tx_restart_queue),
+                l.stats.protocol_resets.wrapping_add(l.stats.peer_stalls),
+            );
+            set(
+                ptr::addr_of_mut!((*e).error_details.rx_no_buffer_count),
+                l.stats.rx_dropped,
+            );
         }
     }
 
