@@ -2,8 +2,8 @@
 added from outside the tree, run in QEMU against a real host-side counterpart in a namespace
 made here, and the same sample built for Zephyr's virtio-net as the control.
 
-Each row is one sample; each runs on both drivers. The images are built by scripts/test.sh
-(`conformance_builds`) into build/conf/<row>-<driver>, or here when missing. The host end is a
+Each row is one sample (tests/e2e/conformance-samples.txt); each runs on both drivers. The
+images are built by scripts/test.sh into build/conf/<row>-<driver>, or here when missing. The host end is a
 TAP in a fresh namespace with the samples' peer addresses (192.0.2.2/24, 2001:db8::2/64): for
 ivnet the host peer bridges the link onto it, for virtio-net QEMU opens it itself. A table of
 the results is printed at the end of the session (and written to build/conf/results.md).
