@@ -67,6 +67,9 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0 "$zcargo"
   step "cargo clippy (Zephyr driver crate, target build)" bash scripts/clippy-zephyr.sh "$build/echo"
   # Drop-in conformance: Zephyr's own samples, unchanged, on ivnet and on virtio-net.
+  # The conformance images are kept outside the clone (one directory per clone path), so
+  # that a later run rebuilds only what changed: each is a whole Zephyr build with picolibc.
+  conf=${IVNET_CONF_DIR:-$HOME/.cache/ivnet/conf/$(printf %s "$here" | sha1sum | cut -c1-12)}
   have_picolibc=1
   [ -f "$ws/modules/lib/picolibc/zephyr/module.yml" ] || have_picolibc=0
   while read -r row path args; do
@@ -77,8 +80,12 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     fi
     for drv in ivnet virtio-net; do
       snip=ivnet; [ "$drv" = virtio-net ] && snip=virtio-net-baseline
+      # CMake keeps -D options in its cache: a row whose options changed starts afresh.
+      pristine=auto
+      [ "$(cat "$conf/$row-$drv.args" 2>/dev/null)" = "$args" ] || pristine=always
+      mkdir -p "$conf" && printf %s "$args" >"$conf/$row-$drv.args"
       step "conformance build: Zephyr's samples/$path, -S $snip" \
-        west build -p auto -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/$path" -d "$build/conf/$row-$drv" \
+        west build -p "$pristine" -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/$path" -d "$conf/$row-$drv" \
           -S "$snip" -- -DEXTRA_ZEPHYR_MODULES="$here" "$zcargo" $args </dev/null
     done
   done < tests/e2e/conformance-samples.txt
@@ -88,9 +95,9 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU)" \
     west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
-    env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$build/conf/zperf-ivnet/zephyr/zephyr.elf" \
+    env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$conf/zperf-ivnet/zephyr/zephyr.elf" \
       IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
-      IVNET_CONF_DIR="$build/conf" \
+      IVNET_CONF_DIR="$conf" \
       "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"
