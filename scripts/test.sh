@@ -93,7 +93,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     bash scripts/clippy-zephyr.sh "$build/cell"
   rm -rf "$build/twister"
   step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU)" \
-    west twister -T tests -T samples -p qemu_cortex_a53 -O "$build/twister" --inline-logs
+    west twister -T tests -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
     env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$conf/zperf-ivnet/zephyr/zephyr.elf" \
       IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
