@@ -3,10 +3,11 @@ added from outside the tree, run in QEMU against a real host-side counterpart in
 made here, and the same sample built for Zephyr's virtio-net as the control.
 
 Each row is one sample (tests/e2e/conformance-samples.txt); each runs on both drivers. The
-images are built by scripts/test.sh into build/conf/<row>-<driver>, or here when missing. The host end is a
+images are built by scripts/test.sh (kept outside the clone, $IVNET_CONF_DIR), or here into
+build/conf/<row>-<driver> when missing. The host end is a
 TAP in a fresh namespace with the samples' peer addresses (192.0.2.2/24, 2001:db8::2/64): for
 ivnet the host peer bridges the link onto it, for virtio-net QEMU opens it itself. A table of
-the results is printed at the end of the session (and written to build/conf/results.md).
+the results is printed at the end of the session (and written to results.md beside the images).
 """
 
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import ivnet_harness as h
+from ivnet_twolinks import Closer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = Path(os.environ.get("IVNET_CONF_DIR", ROOT / "build" / "conf")).absolute()
@@ -61,14 +63,13 @@ class Setup:
     def __init__(self, st: h.Stack, work: Path, row: str, driver: str):
         self.ns = st.push(h.Netns(f"ivconf-{int(time.time() * 1000) % 100000}"))
         elf = image(row, driver)
+        self.ns.tap("ivtap0")
         if driver == "ivnet":
-            self.ns.tap("ivtap0")
             link = work / "link.sock"
             st.push(h.Server(link, work / "server.log"))
             st.push(h.HostPeer(self.ns, link, "ivtap0", work / "peer.log"))
             self.vm = st.push(h.Vm(elf, [link], work, row))
         else:
-            self.ns.tap("ivtap0")
             self.vm = st.push(h.Vm(elf, [], work, row, virtio_tap=(self.ns, "ivtap0")))
         # The samples' peer addresses; no duplicate address detection on the host side (the
         # cell's own takes its usual course).
@@ -101,24 +102,14 @@ def check_echo_server(s: Setup) -> str:
     return f"connected at {t:.2f} s; TCP 200 kB + UDP 50/50 echoed byte-exact, IPv4 and IPv6"
 
 
-class Proc:
-    """A host-side counterpart process, stopped when the stack unwinds."""
-
-    def __init__(self, ns: h.Netns, log: Path, *args: str):
-        self.log = log
-        self.proc = ns.popen(*args, log=log)
-
-    def close(self) -> None:
-        h.stop(self.proc)
-
-
 def check_dhcpv4_client(s: Setup, st: h.Stack, work: Path) -> str:
     # dnsmasq serves the namespace's side of the link, as it would a LAN.
-    st.push(Proc(s.ns, work / "dnsmasq.log", "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
-                 "--interface=ivtap0", "--bind-interfaces", "--port=0", "--log-dhcp",
-                 "--dhcp-range=192.0.2.10,192.0.2.50,255.255.255.0,1h",
-                 "--dhcp-option=option:router,192.0.2.2",
-                 f"--dhcp-leasefile={work / 'leases'}", f"--pid-file={work / 'dnsmasq.pid'}"))
+    st.push(Closer(s.ns.popen("dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+                              "--interface=ivtap0", "--bind-interfaces", "--port=0", "--log-dhcp",
+                              "--dhcp-range=192.0.2.10,192.0.2.50,255.255.255.0,1h",
+                              "--dhcp-option=option:router,192.0.2.2",
+                              f"--dhcp-leasefile={work / 'leases'}",
+                              f"--pid-file={work / 'dnsmasq.pid'}", log=work / "dnsmasq.log")))
     m = s.vm.wait_for(r"Address\[1\]: (192\.0\.2\.\d+)", 60)
     addr = m.group(1)
     t = s.boot_time(r"Address\[1\]: ")

@@ -141,15 +141,7 @@ def test_net_stats_shows_the_link(work, cell_elf):
     (counted by Zephyr's Ethernet L2 through the driver's get_stats) and the driver's own
     drops."""
     with h.Stack() as st:
-        ns = st.push(h.Netns(f"ivnet-e2e-{int(time.time() * 1000) % 100000}"))
-        ns.tap("ivtap0", f"{HOST_IP}/24")
-        link = work / "link.sock"
-        st.push(h.Server(link, work / "server.log"))
-        st.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log"))
-        vm = st.push(h.Vm(cell_elf, [link], work, "cell"))
-        vm.wait_for("ivnet0: carrier on", 20)
-        vm.wait_for(re.escape(h.Vm.PROMPT), 10)
-        vm.shell(f"net ipv4 add 1 {VM_IP} 255.255.255.0")
+        ns, _, vm = cell_host(st, work, cell_elf)
         before = eth_stats(vm)
         r = ns.run("ping", "-c", "50", "-i", "0.02", "-s", "200", "-W", "2", VM_IP, check=False)
         assert h.ping_summary(r.stdout) == (50, 50), r.stdout

@@ -307,14 +307,17 @@ fn a_state_root_others_may_write_is_refused() {
             "ip_forward_before": null, "processes": []}"#,
     )
     .unwrap();
+    let down_is_refused = || {
+        let before = s.snapshot();
+        let out = s.ivnet(
+            &s.top,
+            &[],
+            &["down", "ivbr4", "--state-root", shared.to_str().unwrap()],
+        );
+        refused(&s, &before, &out, "is writable by others");
+    };
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
-    let before = s.snapshot();
-    let out = s.ivnet(
-        &s.top,
-        &[],
-        &["down", "ivbr4", "--state-root", shared.to_str().unwrap()],
-    );
-    refused(&s, &before, &out, "is writable by others");
+    down_is_refused();
     // A record others may write is refused the same way, in a private root.
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(
@@ -322,11 +325,5 @@ fn a_state_root_others_may_write_is_refused() {
         fs::Permissions::from_mode(0o666),
     )
     .unwrap();
-    let before = s.snapshot();
-    let out = s.ivnet(
-        &s.top,
-        &[],
-        &["down", "ivbr4", "--state-root", shared.to_str().unwrap()],
-    );
-    refused(&s, &before, &out, "is writable by others");
+    down_is_refused();
 }
