@@ -21,7 +21,8 @@ log() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 # ---- Debian packages ---------------------------------------------------------------------
 pkgs=(cmake ninja-build device-tree-compiler gperf gcc-aarch64-linux-gnu libclang-dev clang
       iperf iperf3 iproute2 dnsmasq-base iptables nftables python3-venv python3-dev git file xz-utils
-      socat stress-ng procps iputils-ping tcpdump ccache gdb-multiarch)
+      socat stress-ng procps iputils-ping tcpdump ccache gdb-multiarch curl mosquitto-clients
+      libcap2 libedit2 libgnutls30 libnettle8 libseccomp2 libcjson1 libdlt2 libwrap0 libssl3)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 need_qemu=1
@@ -58,6 +59,22 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_qemu -eq 1 ]; then
     fi
   fi
 fi
+
+# The conformance suite's NTP server and MQTT broker (chronyd, mosquitto), unpacked from
+# Debian's packages into $tools rather than installed: installing them would start them as
+# the machine's services (and chrony would replace its time daemon). Their libraries are
+# installed above.
+tools=${IVNET_TOOLS_DIR:-$HOME/.cache/ivnet/tools}
+for pb in chrony:usr/sbin/chronyd mosquitto:usr/sbin/mosquitto; do
+  pkg=${pb%%:*} bin=${pb#*:}
+  if [ ! -x "$tools/$bin" ]; then
+    log "unpacking $pkg into $tools (not installed as a service)"
+    mkdir -p "$tools/debs"
+    (cd "$tools/debs" && rm -f "${pkg}"_*.deb && apt-get download -qq "$pkg" >/dev/null 2>&1) \
+      && dpkg-deb -x "$tools/debs/${pkg}"_*.deb "$tools" \
+      || log "WARNING: could not unpack $pkg: the conformance rows that need it will not run"
+  fi
+done
 
 # Debian's gcc-12 cross compiler ships no include-fixed/limits.h; Zephyr's CMake asks for it.
 for d in /usr/lib/gcc-cross/aarch64-linux-gnu/*/; do

@@ -6,8 +6,9 @@ runs inside the network namespace `ivnet-demo`, whose uplink is a veth to `ivnet
 ("outside"); both are made here and removed at the end, with `ivnet down` (--keep leaves the
 network up until Ctrl-C).
 
-The demo pings host <-> cells and cell <-> cell, reaches c1's echo service from outside
-through the port forward, reaches outside from a cell through NAT, talks MCUmgr to every cell,
+The demo pings host <-> cells and cell <-> cell in IPv4 and IPv6, reaches c1's echo service
+from outside through the port forward, reaches outside from a cell through NAT (both
+families), talks MCUmgr to every cell,
 reads the metrics and the Ansible inventory, measures TCP with iperf 2 against zperf, kills a
 cell and brings it back with `ivnet up`, and prints what it saw.
 """
@@ -84,9 +85,37 @@ def main():
                     print(f"   {e}")
         fig("ping matrix (cell -> cells + host)", f"{ok}/{total}")
 
+        say("3b. the same in IPv6: SLAAC addresses from the host's router advertisements")
+        addrs6 = {c["name"]: c["address6"] for c in st["cells"]}
+        for c, ad in addrs6.items():
+            print(f"   {c}: {ad}")
+        ok6 = 0
+        for c, ad in addrs6.items():
+            try:
+                ivn.wait_until(f"host -> {c} over IPv6", lambda: net.host.run(
+                    "ping", "-6", "-c", "1", "-W", "2", ad, check=False).returncode == 0, 30)
+                ok6 += 1
+            except TimeoutError as e:
+                print(f"   {e}")
+        fig("ping host -> cells over IPv6", f"{ok6}/{len(addrs6)}")
+        ok = total = 0
+        for c, con in cons.items():
+            for d in list(addrs6.values()) + [st["host"]["address6"]]:
+                if d == addrs6[c]:
+                    continue
+                total += 1
+                try:
+                    ivn.cell_ping(con, d)
+                    ok += 1
+                except AssertionError as e:
+                    print(f"   {e}")
+        fig("IPv6 ping matrix (cell -> cells + host)", f"{ok}/{total}")
+
         say("4. c3 <-> c4 on their own link (10.30.0.0/30)")
         out = cons["c3"].shell("net ping -c 10 -i 50 10.30.0.2", r"icmp_seq=10 |Ping timeout", 30)
         fig("ping c3 -> c4 over the cell<->cell link", f"{h.zephyr_ping_count(out)}/10")
+        out = cons["c3"].shell("net ping -c 10 -i 50 fd00:30::2", r"icmp_seq=10 |Ping timeout", 30)
+        fig("ping c3 -> c4 over that link in IPv6 (fd00:30::/64)", f"{h.zephyr_ping_count(out)}/10")
         link = ivn.stat_lines(net.mcumgr(addrs["c3"], "stat", "ivnet0"))
         fig("c3's counters of that link (MCUmgr stat ivnet0)",
             f"tx {link.get('tx_frames')} frames, rx {link.get('rx_frames')} frames")
@@ -94,6 +123,9 @@ def main():
         say(f"5. outside -> host {ivn.UPLINK_ADDR}:8080 -> c1's TCP echo (nftables DNAT)")
         got = ivn.tcp_echo(net.out, ivn.UPLINK_ADDR, 8080, "hello-from-outside")
         fig("port forward from outside", "echoed" if got == "hello-from-outside" else f"FAILED ({got!r})")
+        got = ivn.tcp_echo(net.out, ivn.UPLINK_ADDR6, 8080, "hello-from-outside-6")
+        fig(f"port forward from outside in IPv6 ([{ivn.UPLINK_ADDR6}]:8080)",
+            "echoed" if got == "hello-from-outside-6" else f"FAILED ({got!r})")
 
         say(f"6. c2 -> outside {ivn.OUTSIDE_ADDR} (masquerade out of the uplink)")
         try:
@@ -101,6 +133,11 @@ def main():
             fig("NAT from a cell to outside", "ping answered")
         except AssertionError:
             fig("NAT from a cell to outside", "FAILED")
+        try:
+            ivn.cell_ping(cons["c2"], ivn.OUTSIDE_ADDR6)
+            fig(f"NAT66 from a cell to outside {ivn.OUTSIDE_ADDR6}", "ping answered")
+        except AssertionError:
+            fig(f"NAT66 from a cell to outside {ivn.OUTSIDE_ADDR6}", "FAILED")
 
         say("7. MCUmgr (SMP over UDP) to every cell: echo, and the echo service's stats")
         for c, ad in addrs.items():

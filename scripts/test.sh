@@ -67,15 +67,27 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       -DCONFIG_ETH_IVNET_PEER_TIMEOUT_MS=0 "$zcargo"
   step "cargo clippy (Zephyr driver crate, target build)" bash scripts/clippy-zephyr.sh "$build/echo"
   # Drop-in conformance: Zephyr's own samples, unchanged, on ivnet and on virtio-net.
-  # The conformance images are kept outside the clone (one directory per clone path), so
-  # that a later run rebuilds only what changed: each is a whole Zephyr build with picolibc.
-  conf=${IVNET_CONF_DIR:-$HOME/.cache/ivnet/conf/$(printf %s "$here" | sha1sum | cut -c1-12)}
-  have_picolibc=1
-  [ -f "$ws/modules/lib/picolibc/zephyr/module.yml" ] || have_picolibc=0
+  # The conformance images are kept outside the clone, built with the module from a copy of
+  # it there (scripts/sync-tree.py rewrites only changed files), so that a later run, from this
+  # clone or a fresh one (CI), rebuilds only what changed: each is a whole Zephyr build with
+  # picolibc. One run at a time builds them (a lock held while building; a second run waits).
+  confroot=$HOME/.cache/ivnet/conf
+  conf=${IVNET_CONF_DIR:-$confroot/images}
+  mkdir -p "$confroot"
+  exec 9>"$confroot/lock"
+  flock -w 1800 9 || echo "WARNING: $confroot/lock still held after 30 min; building anyway"
+  python3 scripts/sync-tree.py "$here" "$confroot/module" || { echo "sync-tree failed"; exit 1; }
+  declare -A modpath=([picolibc]=modules/lib/picolibc [mbedtls]=modules/crypto/mbedtls)
   while read -r row path args; do
     case "$row" in ''|'#'*) continue ;; esac
-    if [ $have_picolibc = 0 ] && grep -qs '^CONFIG_POSIX_API=y' "$ZEPHYR_BASE/samples/$path/prj.conf"; then
-      printf '\n\033[1;31m!!! conformance row %s needs the picolibc module, which %s lacks: NOT BUILT\n!!! (docs/zephyr-workspace.md: IVNET_PICOLIBC_SRC)\033[0m\n' "$row" "$ws"
+    needs=""
+    case "$args" in needs=*) needs=${args%% *}; args=${args#"$needs"}; args=${args# }; needs=${needs#needs=} ;; esac
+    lacking=""
+    for m in ${needs//,/ }; do
+      [ -f "$ws/${modpath[$m]:-modules/$m}/zephyr/module.yml" ] || lacking+=" $m"
+    done
+    if [ -n "$lacking" ]; then
+      printf '\n\033[1;31m!!! conformance row %s needs the module(s)%s, which %s lacks: NOT BUILT\n!!! (docs/zephyr-workspace.md)\033[0m\n' "$row" "$lacking" "$ws"
       continue
     fi
     for drv in ivnet virtio-net; do
@@ -86,9 +98,10 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       mkdir -p "$conf" && printf %s "$args" >"$conf/$row-$drv.args"
       step "conformance build: Zephyr's samples/$path, -S $snip" \
         west build -p "$pristine" -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/$path" -d "$conf/$row-$drv" \
-          -S "$snip" -- -DEXTRA_ZEPHYR_MODULES="$here" "$zcargo" $args </dev/null
+          -S "$snip" -- -DEXTRA_ZEPHYR_MODULES="$confroot/module" "$zcargo" $args </dev/null
     done
   done < tests/e2e/conformance-samples.txt
+  exec 9>&-
   step "cargo clippy (Zephyr driver crate, cell build: fw_cfg config, STATS groups)" \
     bash scripts/clippy-zephyr.sh "$build/cell"
   rm -rf "$build/twister"

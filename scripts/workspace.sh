@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the Zephyr workspace (~/zephyrproject, or $ZEPHYR_WORKSPACE) when there is none:
 # Zephyr v4.3.0, and of its modules the ones this project builds with (picolibc, zcbor,
-# zephyr-lang-rust), then `west init -l`. Called by scripts/bootstrap.sh; idempotent (an
+# zephyr-lang-rust, mbedtls), then `west init -l`. Called by scripts/bootstrap.sh; idempotent (an
 # existing workspace is left as it is).
 #
 # Two ways, tried in this order:
@@ -14,6 +14,8 @@
 #      IVNET_ZCBOR_SRC       zcbor                       (ref IVNET_ZCBOR_REF, default Zephyr 4.3's pin)
 #      IVNET_PICOLIBC_SRC    picolibc                    (ref IVNET_PICOLIBC_REF, default Zephyr 4.3's
 #                            pin when the repository has it, else its newest commit)
+#      IVNET_MBEDTLS_SRC     mbedtls (optional)          (ref IVNET_MBEDTLS_REF, default as picolibc's;
+#                            Zephyr's HTTP server sample needs it, for websockets)
 #      IVNET_RUST_SRC        zephyr-lang-rust (optional) (ref IVNET_RUST_REF, default dd73abc)
 # 2. Otherwise from GitHub with west: `west init -m .../zephyr --mr v4.3.0` and `west update`
 #    of just those modules (manifest.project-filter), shallow.
@@ -29,6 +31,7 @@ die() { printf '\033[1;31mworkspace: %s\033[0m\n' "$*" >&2; exit 1; }
 ZCBOR_PIN=9b07780aca6fb21f82a241ba386ad9b379809337
 PICOLIBC_PIN=ca8b6ebba5226a75545e57a140443168a26ba664
 RUST_PIN=dd73abc242e995784da62352fe8c70d9a6c7ac2e
+MBEDTLS_PIN=c5b06d89c9c498d8fc8659ce31f7e53137b6270f
 
 if [ -d "$ws/zephyr" ] && [ -f "$ws/zephyr/VERSION" ]; then
   log "Zephyr workspace at $ws exists; left as it is"
@@ -156,6 +159,17 @@ EOF
   fi
 }
 
+# The ref to take of a module: the one asked for, else Zephyr 4.3's pin when the repository
+# has it, else its newest commit (said so).
+pin_or_newest() {
+  local name=$1 src=$2 asked=$3 pin=$4 g
+  if [ -n "$asked" ]; then echo "$asked"; return; fi
+  g=$(gitdir "$src" "$name")
+  if has_ref "$g" "$pin"; then echo "$pin"; return; fi
+  log "$name: Zephyr 4.3's pin ${pin:0:12} is not in $src; using its newest, $(git --git-dir="$g" rev-parse --short=12 HEAD)" >&2
+  git --git-dir="$g" rev-parse HEAD
+}
+
 # A module cloned from a local repository at `ref` (or extracted when cloning cannot check it
 # out: a snapshot without some blobs).
 module() {
@@ -193,18 +207,17 @@ from_local() {
     log "WARNING: IVNET_ZCBOR_SRC not set: no zcbor, so no cell image (MCUmgr needs it)"
   fi
   if [ -n "${IVNET_PICOLIBC_SRC:-}" ]; then
-    local pg pref=${IVNET_PICOLIBC_REF:-}
-    pg=$(gitdir "$IVNET_PICOLIBC_SRC" IVNET_PICOLIBC_SRC)
-    if [ -z "$pref" ]; then
-      if has_ref "$pg" "$PICOLIBC_PIN"; then pref=$PICOLIBC_PIN; else
-        pref=$(git --git-dir="$pg" rev-parse HEAD)
-        log "picolibc: Zephyr 4.3's pin ${PICOLIBC_PIN:0:12} is not in $IVNET_PICOLIBC_SRC; using its newest, ${pref:0:12}"
-      fi
-    fi
     # Its test/ folder is not needed to build.
-    module picolibc "$IVNET_PICOLIBC_SRC" "$pref" "$ws/modules/lib/picolibc" zephyr/module.yml ':!test'
+    module picolibc "$IVNET_PICOLIBC_SRC" "$(pin_or_newest picolibc "$IVNET_PICOLIBC_SRC" "${IVNET_PICOLIBC_REF:-}" "$PICOLIBC_PIN")" \
+      "$ws/modules/lib/picolibc" zephyr/module.yml ':!test'
   else
     log "WARNING: IVNET_PICOLIBC_SRC not set: no picolibc, so Zephyr samples that need POSIX_API will not build"
+  fi
+  if [ -n "${IVNET_MBEDTLS_SRC:-}" ]; then
+    module mbedtls "$IVNET_MBEDTLS_SRC" "$(pin_or_newest mbedtls "$IVNET_MBEDTLS_SRC" "${IVNET_MBEDTLS_REF:-}" "$MBEDTLS_PIN")" \
+      "$ws/modules/crypto/mbedtls" zephyr/module.yml ':!tests' ':!programs' ':!visualc' ':!docs'
+  else
+    log "WARNING: IVNET_MBEDTLS_SRC not set: no mbedtls, so Zephyr's HTTP server sample will not build"
   fi
   if [ -n "${IVNET_RUST_SRC:-}" ]; then
     module zephyr-lang-rust "$IVNET_RUST_SRC" "${IVNET_RUST_REF:-$RUST_PIN}" "$ws/modules/lang/rust" zephyr/module.yml
@@ -214,12 +227,12 @@ from_local() {
 }
 
 from_github() {
-  log "Zephyr v4.3.0 from GitHub (west init + west update of picolibc, zcbor, zephyr-lang-rust)"
+  log "Zephyr v4.3.0 from GitHub (west init + west update of picolibc, zcbor, zephyr-lang-rust, mbedtls)"
   mkdir -p "$ws"
   (cd "$ws" &&
     "$west" init -m https://github.com/zephyrproject-rtos/zephyr --mr v4.3.0 . &&
     "$west" config manifest.group-filter -- +optional &&
-    "$west" config manifest.project-filter -- '-.*,+picolibc,+zcbor,+zephyr-lang-rust' &&
+    "$west" config manifest.project-filter -- '-.*,+picolibc,+zcbor,+zephyr-lang-rust,+mbedtls' &&
     "$west" update --narrow -o=--depth=1)
 }
 
@@ -231,6 +244,6 @@ else
   die "no Zephyr workspace at $ws, GitHub is not reachable, and IVNET_ZEPHYR_SRC names no local
 copy. Name the local sources (docs/zephyr-workspace.md), e.g.
   IVNET_ZEPHYR_SRC=<git dir> IVNET_ZEPHYR_REF=<commit> IVNET_ZEPHYR_SUBDIR=<folder>
-  IVNET_ZCBOR_SRC=<git dir> IVNET_PICOLIBC_SRC=<git dir> scripts/bootstrap.sh"
+  IVNET_ZCBOR_SRC=<git dir> IVNET_PICOLIBC_SRC=<git dir> IVNET_MBEDTLS_SRC=<git dir> scripts/bootstrap.sh"
 fi
 log "Zephyr workspace ready at $ws"

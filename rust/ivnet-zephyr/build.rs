@@ -35,6 +35,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ivshmem_v2)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_cell_config)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_dhcpv4)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_ipv6)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_stats)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_eth_stats)");
     let autoconf = includes
@@ -52,6 +53,7 @@ fn main() {
             ("IVSHMEM_V2", "ivshmem_v2"),
             ("IVNET_CELL_CONFIG", "ivnet_cell_config"),
             ("NET_DHCPV4", "ivnet_dhcpv4"),
+            ("NET_IPV6", "ivnet_ipv6"),
             ("ETH_IVNET_STATS", "ivnet_stats"),
             ("NET_STATISTICS_ETHERNET", "ivnet_eth_stats"),
         ] {
@@ -85,6 +87,7 @@ fn main() {
         .allowlist_function("net_buf_simple_(add|tailroom|reserve)")
         .allowlist_function("net_if_(carrier_off|set_link_addr|get_device|set_default)")
         .allowlist_function("net_if_ipv4_(addr_add|set_netmask_by_addr|set_gw)")
+        .allowlist_function("net_if_ipv6_(addr_add|prefix_add)")
         .allowlist_function("net_dhcpv4_start")
         .allowlist_function("k_mem_map_phys_bare")
         .allowlist_function("stats_init_and_reg")

@@ -3,6 +3,7 @@ the host (bridge, dnsmasq, nftables, the supervisor and the cells' QEMUs run in 
 the "outside" behind the host's uplink (a veth pair). Shared by the demo and the tests.
 
     <outside ns> eth0 OUTSIDE_ADDR --- veth --- ivup0 UPLINK_ADDR <host ns> bridge ... cells
+                      OUTSIDE_ADDR6               UPLINK_ADDR6 (default route via OUTSIDE_ADDR6)
 """
 
 import json
@@ -17,6 +18,7 @@ import ivnet_harness as h
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = Path(os.environ.get("ZEPHYR_WORKSPACE", Path.home() / "zephyrproject")) / ".venv/bin/python"
 UPLINK_ADDR, OUTSIDE_ADDR = "172.31.77.1", "172.31.77.2"
+UPLINK_ADDR6, OUTSIDE_ADDR6 = "fd00:ff77::1", "fd00:ff77::2"
 
 
 class Network:
@@ -32,6 +34,10 @@ class Network:
         self.host.ip("link", "set", "ivup0", "up")
         self.out.ip("addr", "add", f"{OUTSIDE_ADDR}/24", "dev", "eth0")
         self.out.ip("link", "set", "eth0", "up")
+        # IPv6 as a host with an uplink has it: an address and a default route.
+        self.host.ip("-6", "addr", "add", f"{UPLINK_ADDR6}/64", "dev", "ivup0", "nodad")
+        self.out.ip("-6", "addr", "add", f"{OUTSIDE_ADDR6}/64", "dev", "eth0", "nodad")
+        self.host.ip("-6", "route", "add", "default", "via", OUTSIDE_ADDR6, "dev", "ivup0")
 
     def ivnet(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
         r = self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=False)
@@ -69,8 +75,8 @@ class Network:
         return r.stdout
 
     def snapshot(self) -> dict:
-        """What `down` must leave as it found: links, addresses, routes, nftables and
-        ip_forward of the host namespace; links and nftables of the machine; ivnet processes
+        """What `down` must leave as it found: links, addresses, routes (both families),
+        nftables, ip_forward and IPv6 forwarding of the host namespace; links and nftables of the machine; ivnet processes
         and state files."""
         def run(cmd):
             return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -81,7 +87,12 @@ class Network:
         return {
             "ns links": links(run(["ip", "-n", self.host.name, "-j", "link"])),
             "ns addrs": run(["ip", "-n", self.host.name, "-4", "addr"]),
+            # (global ones: link-local addresses come and go with duplicate address detection)
+            "ns addrs6": run(["ip", "-n", self.host.name, "-6", "-o", "addr", "show", "scope", "global"]),
             "ns routes": run(["ip", "-n", self.host.name, "route"]),
+            "ns routes6": run(["ip", "-n", self.host.name, "-6", "route"]),
+            "ns ipv6 forwarding": run(self.host.cmd("cat", "/proc/sys/net/ipv6/conf/all/forwarding")),
+            "ns uplink accept_ra": run(self.host.cmd("cat", "/proc/sys/net/ipv6/conf/ivup0/accept_ra")),
             "ns nft": run(self.host.cmd("nft", "list", "ruleset")),
             "ns ip_forward": run(self.host.cmd("cat", "/proc/sys/net/ipv4/ip_forward")),
             "links": links(run(["ip", "-j", "link"])),

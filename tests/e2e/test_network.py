@@ -5,11 +5,13 @@ network namespaces the test creates:
        | veth
     ivn-host (plays the host: uplink ivup0 172.31.77.1, bridge ivtbr0 10.77.0.1/24, dnsmasq,
        |      nftables, the supervisor; the cells' QEMUs run here)
-    cells c1..cN on the bridge (odd ones by DHCP, even ones static), c2 <-> c3 also on a
-    cell<->cell link (10.78.0.0/30)
+    cells c1..cN on the bridge (odd ones by DHCP, even ones static; IPv6 by SLAAC from the
+    host's router advertisements, fd00:77::/64), c2 <-> c3 also on a cell<->cell link
+    (10.78.0.0/30, fd00:78::/64)
 
 N is 3 by default (CI) and $IVNET_NET_CELLS otherwise (the acceptance run uses 8). Checked:
-every DHCP lease; the full ping matrix (every cell to every other cell and to the host); a
+every DHCP lease; the full ping matrix in IPv4 and IPv6 (every cell to every other cell and
+to the host, the host to every cell); a
 host port forward from "outside" to c1's TCP echo; a cell reaching "outside" through NAT;
 the cell<->cell link; status JSON, Ansible inventory and Prometheus metrics with live
 counters; MCUmgr echo, stats, shell and reset on the cells; killing one cell's QEMU leaves the others
@@ -29,12 +31,14 @@ sys.path.insert(0, str(ROOT / "scripts" / "pylib"))
 
 import ivnet_harness as h  # noqa: E402
 import ivnet_network as ivn  # noqa: E402
-from ivnet_network import OUTSIDE_ADDR, UPLINK_ADDR, cell_ping, tcp_echo, wait_until  # noqa: E402
+from ivnet_network import (OUTSIDE_ADDR, OUTSIDE_ADDR6, UPLINK_ADDR, UPLINK_ADDR6, cell_ping,  # noqa: E402
+                           tcp_echo, wait_until)
 
 N = int(os.environ.get("IVNET_NET_CELLS", "3"))
 HOST_NS, OUT_NS = "ivn-host", "ivn-out"
 BRIDGE = "ivtbr0"
 HOST_ADDR = "10.77.0.1"
+HOST_ADDR6 = "fd00:77::1"
 FORWARD_PORT = 8080
 METRICS = "127.0.0.1:9478"
 
@@ -43,6 +47,7 @@ def topology(image: Path, n: int, bad_image: Path | None = None) -> str:
     t = [f'''[host]
 bridge = "{BRIDGE}"
 subnet = "10.77.0.0/24"
+subnet6 = "fd00:77::/64"
 dhcp = ["10.77.0.100", "10.77.0.199"]
 uplink = "ivup0"
 
@@ -64,7 +69,7 @@ services = [4242]
     for i in range(1, n + 1):
         t.append(f'[[link]]\nends = ["c{i}", "host"]\n')
     if n >= 3:
-        t.append('[[link]]\nends = ["c2", "c3"]\nsubnet = "10.78.0.0/30"\n')
+        t.append('[[link]]\nends = ["c2", "c3"]\nsubnet = "10.78.0.0/30"\nsubnet6 = "fd00:78::/64"\n')
     return "\n".join(t)
 
 
@@ -139,10 +144,32 @@ def test_network_of_cells(cell_elf, work):
             cell_ping(cons["c2"], "10.78.0.2")
             cell_ping(cons["c3"], "10.78.0.1")
 
+        # IPv6: every cell has its SLAAC address (status says which) from the host's router
+        # advertisements; the same matrix in IPv6, and the cell<->cell link's static pair.
+        addrs6 = {n: c["address6"] for n, c in cells.items()}
+        assert all(addrs6.values()) and st["host"]["address6"] == HOST_ADDR6, (addrs6, st["host"])
+        t1 = time.time()
+        for n, a in addrs6.items():
+            wait_until(f"host -> {n} over IPv6 ({a})",
+                       lambda: net.host.run("ping", "-6", "-c", "1", "-W", "2", a, check=False).returncode == 0, 60)
+        for n, con in cons.items():
+            for m, a in addrs6.items():
+                if m != n:
+                    cell_ping(con, a)
+            cell_ping(con, HOST_ADDR6)
+        print(f"IPv6 ping matrix {N} x {N} (incl. host) in {time.time() - t1:.1f} s")
+        if N >= 3:
+            cell_ping(cons["c2"], "fd00:78::2")
+            cell_ping(cons["c3"], "fd00:78::1")
+
         # A host port forward reaches c1's TCP echo from "outside"...
         assert tcp_echo(net.out, UPLINK_ADDR, FORWARD_PORT, "through-the-forward") == "through-the-forward"
         # ... and a cell reaches "outside" through NAT (the outside has no route to 10.77/24).
         cell_ping(cons["c2"], OUTSIDE_ADDR)
+        # The same in IPv6: the forward to c1's IPv6 echo, and NAT66 (no route to fd00:77::/64
+        # outside either).
+        assert tcp_echo(net.out, UPLINK_ADDR6, FORWARD_PORT, "through-the-forward-6") == "through-the-forward-6"
+        cell_ping(cons["c2"], OUTSIDE_ADDR6)
 
         # Control: status, inventory, metrics with live counters.
         st1 = net.status()
@@ -244,7 +271,8 @@ def test_network_of_cells(cell_elf, work):
             assert link_stats["state_changes"] >= 3, link_stats
         c1_stats = net.mcumgr(addrs["c1"], "stat", "echo")
         assert re.search(r"tcp_conns: [1-9]", c1_stats), c1_stats  # the forwarded connection
-        rc_out = net.mcumgr(addrs["c2"], "shell", "net iface")
+        # (`net ipv4`: `net iface`, with both families, outgrows the captured output.)
+        rc_out = net.mcumgr(addrs["c2"], "shell", "net ipv4")
         assert addrs["c2"] in rc_out, rc_out
         # An MCUmgr reset reboots the cell in place (same QEMU); both its links come back: the
         # host link, and (c3) the cell<->cell link whose other end kept running.

@@ -8,12 +8,15 @@
 //! if0.ipv4=10.30.0.1/30
 //! if1.mac=02:00:00:00:00:02
 //! if1.ipv4=10.20.0.12/24
+//! if0.ipv6=fd00:30::1/64
 //! if1.gw=10.20.0.1
 //! default=1
 //! ```
 //!
 //! `ifN` is the cell's Nth ivnet interface (devicetree instance N); `default` names the
-//! interface that carries the default route. The host renders the file with `Display`; the
+//! interface that carries the default route. `ifN.ipv6` is a static IPv6 address (a
+//! cell<->cell link's; on the host bridge a cell takes SLAAC addresses from router
+//! advertisements). The host renders the file with `Display`; the
 //! cell parses it with [`parse`], as untrusted text: a line that does not parse is reported
 //! and skipped.
 //!
@@ -50,6 +53,8 @@ pub struct IfConfig {
     pub ipv4: Option<Ipv4>,
     /// Default gateway through this interface.
     pub gw: Option<[u8; 4]>,
+    /// A static IPv6 address and its prefix length (on-link).
+    pub ipv6: Option<([u8; 16], u8)>,
 }
 
 /// The whole configuration.
@@ -105,6 +110,16 @@ fn parse_ipv4(s: &str) -> Option<Ipv4> {
     Some(Ipv4::Static(parse_ip(a)?, prefix))
 }
 
+fn parse_ipv6(s: &str) -> Option<([u8; 16], u8)> {
+    let (a, p) = s.split_once('/')?;
+    let prefix: u8 = p.parse().ok()?;
+    let a: core::net::Ipv6Addr = a.parse().ok()?;
+    if !(1..=128).contains(&prefix) || a.is_multicast() || a.is_unspecified() || a.is_loopback() {
+        return None;
+    }
+    Some((a.octets(), prefix))
+}
+
 /// Applies one `key=value` line; false if it is not understood.
 fn apply_line(cfg: &mut CellConfig, line: &str) -> bool {
     let Some((key, value)) = line.split_once('=') else {
@@ -139,6 +154,7 @@ fn apply_line(cfg: &mut CellConfig, line: &str) -> bool {
         "mac" => parse_mac(value).map(|m| ifc.mac = Some(m)).is_some(),
         "ipv4" => parse_ipv4(value).map(|a| ifc.ipv4 = Some(a)).is_some(),
         "gw" => parse_ip(value).map(|g| ifc.gw = Some(g)).is_some(),
+        "ipv6" => parse_ipv6(value).map(|a| ifc.ipv6 = Some(a)).is_some(),
         _ => false,
     }
 }
@@ -199,6 +215,9 @@ impl fmt::Display for CellConfig {
             if let Some(g) = c.gw {
                 writeln!(f, "if{i}.gw={}", Ip(g))?;
             }
+            if let Some((a, p)) = c.ipv6 {
+                writeln!(f, "if{i}.ipv6={}/{p}", core::net::Ipv6Addr::from(a))?;
+            }
         }
         if let Some(d) = self.default {
             writeln!(f, "default={d}")?;
@@ -213,7 +232,7 @@ mod tests {
 
     #[test]
     fn parses_a_cell_file() {
-        let text = b"name=c1\nif0.mac=02:00:00:00:00:01\nif0.ipv4=dhcp\n\n# comment\nif1.ipv4=10.30.0.1/30\nif1.gw=10.30.0.2\ndefault=0\n";
+        let text = b"name=c1\nif0.mac=02:00:00:00:00:01\nif0.ipv4=dhcp\n\n# comment\nif1.ipv4=10.30.0.1/30\nif1.gw=10.30.0.2\nif1.ipv6=fd00:30::2/64\ndefault=0\n";
         let mut bad = 0;
         let c = parse(text, |_| bad += 1);
         assert_eq!(bad, 0);
@@ -221,15 +240,17 @@ mod tests {
         assert_eq!(c.ifaces[0].ipv4, Some(Ipv4::Dhcp));
         assert_eq!(c.ifaces[1].ipv4, Some(Ipv4::Static([10, 30, 0, 1], 30)));
         assert_eq!(c.ifaces[1].gw, Some([10, 30, 0, 2]));
+        let want: core::net::Ipv6Addr = "fd00:30::2".parse().unwrap();
+        assert_eq!(c.ifaces[1].ipv6, Some((want.octets(), 64)));
         assert_eq!(c.default, Some(0));
     }
 
     #[test]
     fn rejects_bad_lines() {
-        let text = b"if0.mac=01:00:00:00:00:01\nif9.ipv4=dhcp\nif0.ipv4=10.0.0.300/24\nif0.ipv4=10.0.0.1/33\nif0.gw=1.2.3\nnonsense\nif0.x=1\n\xff\n";
+        let text = b"if0.mac=01:00:00:00:00:01\nif9.ipv4=dhcp\nif0.ipv4=10.0.0.300/24\nif0.ipv4=10.0.0.1/33\nif0.gw=1.2.3\nnonsense\nif0.x=1\n\xff\nif0.ipv6=fd00::1\nif0.ipv6=fd00::1/129\nif0.ipv6=ff02::1/64\nif0.ipv6=::/64\nif0.ipv6=fd00:::1/64\n";
         let mut bad = 0;
         let c = parse(text, |_| bad += 1);
-        assert_eq!(bad, 8);
+        assert_eq!(bad, 13);
         assert_eq!(c, CellConfig::default());
     }
 
@@ -247,11 +268,13 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 7]),
             ipv4: Some(Ipv4::Dhcp),
             gw: None,
+            ipv6: None,
         };
         c.ifaces[1] = IfConfig {
             mac: Some([2, 0xab, 0, 0, 1, 7]),
             ipv4: Some(Ipv4::Static([10, 30, 0, 1], 30)),
             gw: Some([10, 30, 0, 2]),
+            ipv6: Some(([0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64)),
         };
         c.default = Some(0);
         let text = std::format!("{c}");

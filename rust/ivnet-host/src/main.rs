@@ -237,15 +237,19 @@ fn print_status(v: &serde_json::Value) {
     );
     let h = &v["host"];
     println!(
-        "  host: bridge {} at {} ({}), dnsmasq pid {}",
+        "  host: bridge {} at {} ({}){}, dnsmasq pid {}",
         h["bridge"].as_str().unwrap_or_default(),
         h["address"].as_str().unwrap_or_default(),
         h["subnet"].as_str().unwrap_or_default(),
+        h["address6"]
+            .as_str()
+            .map(|a| format!(" and {a} ({})", h["subnet6"].as_str().unwrap_or_default()))
+            .unwrap_or_default(),
         h["dnsmasq_pid"]
     );
     for c in v["cells"].as_array().into_iter().flatten() {
         println!(
-            "  cell {:<10} {:<8} {:<15} pid {} restarts {}",
+            "  cell {:<10} {:<8} {:<15}{} pid {} restarts {}",
             c["name"].as_str().unwrap_or_default(),
             if c["running"].as_bool() == Some(true) {
                 "running"
@@ -253,6 +257,10 @@ fn print_status(v: &serde_json::Value) {
                 "DOWN"
             },
             c["address"].as_str().unwrap_or("(no lease yet)"),
+            c["address6"]
+                .as_str()
+                .map(|a| format!(" {a:<24}"))
+                .unwrap_or_default(),
             c["pid"],
             c["restarts"]
         );

@@ -12,13 +12,16 @@
 //! `bridge ivbr0: create: File exists (os error 17)`; their kind is that of the kernel's errno.
 
 use std::io::{self, Read, Seek, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::names::check_ifname;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -336,6 +339,38 @@ pub fn add_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     .map_err(|e| ctx(format_args!("link {name}: add address {addr}/{prefix}"), e))
 }
 
+/// Adds IPv6 address `addr/prefix` to link `name`, without duplicate address detection (the
+/// address is ours to give: cells take SLAAC ones from other identifiers). Returns `Ok(())`
+/// if the link already has it.
+pub fn add_ipv6(name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    if prefix > 128 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("link {name}: add address {addr}/{prefix}: prefix longer than 128"),
+        ));
+    }
+    let mut nl = Rtnl::open()?;
+    let index = nl.require_index(name)?;
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg.header.flags = AddressHeaderFlags::Nodad;
+    msg.attributes
+        .push(AddressAttribute::Local(IpAddr::V6(addr)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(addr)));
+    msg.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    match nl.request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map_err(|e| ctx(format_args!("link {name}: add address {addr}/{prefix}"), e)),
+    }
+}
+
 /// The names of all links in the (calling thread's) network namespace.
 pub fn links() -> io::Result<Vec<String>> {
     let answers = Rtnl::open()?
@@ -388,6 +423,37 @@ pub fn set_ip_forward(on: bool) -> io::Result<bool> {
         f.rewind().map_err(what)?;
         f.write_all(if on { b"1\n" } else { b"0\n" })
             .map_err(what)?;
+    }
+    Ok(was)
+}
+
+/// Sets `/proc/sys/net/ipv6/conf/<conf>/<key>` (`conf` is `all` or an interface name, `key`
+/// one of `forwarding`, `accept_ra`) to `value` and returns what it held, so that a caller can
+/// put it back. Nothing is written if it is unchanged.
+pub fn set_ipv6_conf(conf: &str, key: &str, value: &str) -> io::Result<String> {
+    if conf != "all" {
+        check_ifname("interface", conf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    }
+    if !matches!(key, "forwarding" | "accept_ra") || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ipv6 conf {conf}/{key} = {value:?}: not a setting ivnet changes"),
+        ));
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{conf}/{key}");
+    let what = |e| ctx(&path, e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(what)?;
+    let mut was = String::new();
+    f.read_to_string(&mut was).map_err(what)?;
+    let was = was.trim().to_string();
+    if was != value {
+        f.rewind().map_err(what)?;
+        f.write_all(format!("{value}\n").as_bytes()).map_err(what)?;
     }
     Ok(was)
 }
@@ -577,6 +643,17 @@ mod tests {
             assert_eq!(ipv4_addrs("ivtv1").unwrap(), vec![]);
             let e = ipv4_addrs("nosuch0").unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+            let a6: Ipv6Addr = "fd00:99::1".parse().unwrap();
+            add_ipv6("ivtbr0", a6, 64).unwrap();
+            add_ipv6("ivtbr0", a6, 64).unwrap(); // the very same: Ok
+            let out = std::process::Command::new("ip")
+                .args(["-6", "-o", "addr", "show", "dev", "ivtbr0"])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&out.stdout);
+            let line = out.lines().find(|l| l.contains("fd00:99::1/64"));
+            assert!(line.is_some_and(|l| !l.contains("tentative")), "{out}");
+            assert!(add_ipv6("nosuch0", a6, 64).is_err());
 
             let names = links().unwrap();
             for n in ["lo", "ivtbr0", "ivtv0", "ivtv1"] {
@@ -611,6 +688,25 @@ mod tests {
             delete_link("ivttap0").unwrap();
             delete_link("ivtbr1").unwrap();
         });
+    }
+
+    #[test]
+    fn ipv6_conf_is_per_netns_and_checked() {
+        if skip_unless_root("ipv6_conf_is_per_netns_and_checked") {
+            return;
+        }
+        let host_before =
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap();
+        in_netns(|| {
+            assert_eq!(set_ipv6_conf("all", "forwarding", "1").unwrap(), "0");
+            assert_eq!(set_ipv6_conf("all", "forwarding", "0").unwrap(), "1");
+            assert_eq!(set_ipv6_conf("lo", "accept_ra", "2").unwrap(), "1");
+            assert!(set_ipv6_conf("all", "disable_ipv6", "1").is_err());
+            assert!(set_ipv6_conf("../../ipv4/ip_forward", "forwarding", "1").is_err());
+            assert!(set_ipv6_conf("all", "forwarding", "1\n0").is_err());
+        });
+        let host_after = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap();
+        assert_eq!(host_before, host_after);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::nft;
 use crate::observe::{Counts, LinkObserver};
 use crate::server::{Server, ServerConfig};
 use crate::tap::Tap;
-use crate::topology::{fmt_mac, Addressing, End, Topology};
+use crate::topology::{self, fmt_mac, Addressing, End, Topology};
 use crate::{bridge, netcfg};
 
 /// Where networks keep their state by default (one directory per network).
@@ -71,6 +71,11 @@ pub struct Record {
     pub nft_table: Option<String>,
     /// `ip_forward` before we turned it on.
     pub ip_forward_before: Option<bool>,
+    /// `net.ipv6.conf.all.forwarding` before we turned it on.
+    pub ipv6_forwarding_before: Option<String>,
+    /// The uplink's `accept_ra` before we made it 2 (router advertisements still accepted
+    /// with forwarding on), and the uplink.
+    pub accept_ra_before: Option<(String, String)>,
     /// Child processes: (what, pid).
     pub processes: Vec<(String, u32)>,
 }
@@ -371,6 +376,9 @@ impl Supervisor {
         self.record.links.push(h.bridge.clone());
         self.save_record();
         netcfg::add_ipv4(&h.bridge, h.address, h.subnet.prefix)?;
+        if let Some(p6) = h.subnet6 {
+            netcfg::add_ipv6(&h.bridge, topology::in6(p6, 1), 64)?;
+        }
         netcfg::set_up(&h.bridge)?;
         info!("bridge {} at {}/{}", h.bridge, h.address, h.subnet.prefix);
         // Forwarding and NAT.
@@ -378,6 +386,25 @@ impl Supervisor {
             let before = netcfg::set_ip_forward(true)?;
             self.record.ip_forward_before = Some(before);
             self.save_record();
+            if h.subnet6.is_some() {
+                // IPv6 forwarding stops an interface from taking router advertisements unless
+                // its accept_ra is 2: the uplink keeps its own (SLAAC) configuration.
+                if let Some(u) = &h.uplink {
+                    let before = netcfg::set_ipv6_conf(u, "accept_ra", "2")?;
+                    if before != "2" {
+                        if before == "1" {
+                            self.record.accept_ra_before = Some((u.clone(), before));
+                        } else {
+                            // 0 (no advertisements taken): leave it so.
+                            netcfg::set_ipv6_conf(u, "accept_ra", &before)?;
+                        }
+                    }
+                    self.save_record();
+                }
+                let before = netcfg::set_ipv6_conf("all", "forwarding", "1")?;
+                self.record.ipv6_forwarding_before = Some(before);
+                self.save_record();
+            }
         }
         self.record.nft_table = Some(nft::table_name(&h.bridge));
         self.save_record();
@@ -407,8 +434,8 @@ impl Supervisor {
         if !observers.is_empty() {
             self.start_observers(observers)?;
         }
-        // DHCP.
-        if h.dhcp.is_some() {
+        // DHCP, router advertisements.
+        if h.dhcp.is_some() || h.subnet6.is_some() {
             self.start_dnsmasq()?;
         }
         // Cells.
@@ -498,18 +525,29 @@ impl Supervisor {
 
     fn start_dnsmasq(&mut self) -> io::Result<()> {
         let h = &self.topo.host;
-        let (lo, hi) = h.dhcp.expect("checked by caller");
-        let mask = Ipv4Addr::from(ivnet_core::cell::netmask(h.subnet.prefix));
         let mut conf = format!(
             "# Written by ivnet up for network {b}.\n\
              interface={b}\nbind-interfaces\nexcept-interface=lo\nport=0\nno-resolv\nno-hosts\n\
-             dhcp-range={lo},{hi},{mask},1h\ndhcp-option=option:router,{r}\n\
              dhcp-leasefile={l}\ndhcp-authoritative\nlog-dhcp\nlog-facility={log}\n",
             b = h.bridge,
-            r = h.address,
             l = self.paths.leases().display(),
             log = self.paths.dnsmasq_log().display(),
         );
+        let mut serves = Vec::new();
+        if let Some((lo, hi)) = h.dhcp {
+            let mask = Ipv4Addr::from(ivnet_core::cell::netmask(h.subnet.prefix));
+            conf += &format!(
+                "dhcp-range={lo},{hi},{mask},1h\ndhcp-option=option:router,{r}\n",
+                r = h.address
+            );
+            serves.push(format!("DHCP {lo} - {hi}"));
+        }
+        if let Some(p6) = h.subnet6 {
+            // Router advertisements of the bridge's /64 (SLAAC, the host as default router);
+            // no DHCPv6.
+            conf += &format!("enable-ra\ndhcp-range={p6},ra-only,64,1h\n");
+            serves.push(format!("router advertisements of {p6}/64"));
+        }
         for c in &self.topo.cells {
             if c.address == Addressing::Dhcp {
                 conf += &format!("dhcp-host={},{}\n", fmt_mac(c.mac), c.name);
@@ -544,7 +582,7 @@ impl Supervisor {
                 .unwrap_or_default();
             return Err(err(format!("dnsmasq exited ({st}): {}", msg.trim())));
         }
-        info!("dnsmasq (pid {pid}) serves DHCP {lo} - {hi}");
+        info!("dnsmasq (pid {pid}) serves {}", serves.join(", "));
         Ok(())
     }
 
@@ -637,6 +675,7 @@ impl Supervisor {
                     port: f.port,
                     proto: f.proto.parse().ok()?,
                     to_addr: addr,
+                    to_addr6: self.topo.cell_address6(f.cell),
                     to_port: f.to,
                 })
             })
@@ -663,6 +702,7 @@ impl Supervisor {
             table: nft::table_name(&h.bridge),
             bridge: h.bridge.clone(),
             subnet: (h.subnet.network, h.subnet.prefix),
+            subnet6: h.subnet6,
             uplink: h.uplink.clone(),
             forwards: forwards.clone(),
         })?;
@@ -797,6 +837,7 @@ impl Supervisor {
                         "mac": fmt_mac(f.mac),
                         "addressing": if f.address.is_some() { "static" } else { "dhcp" },
                         "address": addr,
+                        "address6": f.address6.map(|a| format!("{a}/64")),
                     })
                 })
                 .collect();
@@ -805,6 +846,7 @@ impl Supervisor {
                 "running": pid.is_some(),
                 "pid": pid,
                 "address": self.cell_address(i).map(|a| a.to_string()),
+                "address6": self.topo.cell_address6(i).map(|a| a.to_string()),
                 "mac": fmt_mac(c.mac),
                 "image": c.image.display().to_string(),
                 "services": c.services,
@@ -825,6 +867,7 @@ impl Supervisor {
                 "size": l.size,
                 "socket": self.paths.link(i).display().to_string(),
                 "subnet": l.subnet.map(|s| format!("{}/{}", s.network, s.prefix)),
+                "subnet6": l.subnet6.map(|p| format!("{p}/64")),
             });
             if let (Some(p), Some(c)) = (self.peers.get(&i), host_link_cell(l.ends)) {
                 let g = p.view.lock().unwrap().clone();
@@ -909,6 +952,8 @@ impl Supervisor {
                 "bridge": h.bridge,
                 "address": h.address.to_string(),
                 "subnet": format!("{}/{}", h.subnet.network, h.subnet.prefix),
+                "address6": h.subnet6.map(|p| topology::in6(p, 1).to_string()),
+                "subnet6": h.subnet6.map(|p| format!("{p}/64")),
                 "dhcp": h.dhcp.map(|(a, b)| [a.to_string(), b.to_string()]),
                 "uplink": h.uplink,
                 "dnsmasq_pid": self.dnsmasq.as_ref().map(|c| c.id()),
@@ -1092,7 +1137,8 @@ fn names_dir(cmdline: &str, dir: &Path) -> bool {
 }
 
 /// Undoes what a record says was created: kills its processes (those whose command line
-/// still names `dir`), removes its links and its nftables table, restores `ip_forward`. Each
+/// still names `dir`), removes its links and its nftables tables, restores `ip_forward`, IPv6
+/// forwarding and the uplink's `accept_ra`. Each
 /// step is tried even when another fails.
 pub fn undo(r: &Record, dir: &Path) {
     for (what, pid) in &r.processes {
@@ -1119,6 +1165,16 @@ pub fn undo(r: &Record, dir: &Path) {
     for l in r.links.iter().rev() {
         if let Err(e) = netcfg::delete_link(l) {
             error!("{l}: {e}");
+        }
+    }
+    if let Some(before) = &r.ipv6_forwarding_before {
+        if let Err(e) = netcfg::set_ipv6_conf("all", "forwarding", before) {
+            error!("ipv6 forwarding: {e}");
+        }
+    }
+    if let Some((uplink, before)) = &r.accept_ra_before {
+        if let Err(e) = netcfg::set_ipv6_conf(uplink, "accept_ra", before) {
+            error!("{uplink} accept_ra: {e}");
         }
     }
     if let Some(before) = r.ip_forward_before {
@@ -1370,6 +1426,19 @@ fn only_ours(mut r: Record, name: &str) -> Record {
             );
             r.nft_table = None;
         }
+    }
+    if r.ipv6_forwarding_before
+        .as_deref()
+        .is_some_and(|v| !matches!(v, "0" | "1"))
+    {
+        error!("the record of network {name} names an IPv6 forwarding value it cannot have read: left alone");
+        r.ipv6_forwarding_before = None;
+    }
+    if r.accept_ra_before.as_ref().is_some_and(|(u, v)| {
+        check_ifname("uplink", u).is_err() || !matches!(v.as_str(), "0" | "1" | "2")
+    }) {
+        error!("the record of network {name} names an uplink accept_ra it cannot have read: left alone");
+        r.accept_ra_before = None;
     }
     r
 }

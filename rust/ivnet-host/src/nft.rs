@@ -7,7 +7,10 @@
 //! calling thread (a child process inherits the namespaces of the thread that forks it), which
 //! the tests use to work in namespaces of their own.
 //!
-//! The table (family `ip`, see [`FAMILY`]) of a [`NatConfig`] has four base chains:
+//! The table (family `ip`, see [`FAMILY`]) of a [`NatConfig`] has four base chains, and when
+//! the network has IPv6 (`subnet6`) a table of the same name in family `ip6` has the same four
+//! with the same rules for IPv6 (NAT66 to the uplink, forwards to the cells' IPv6 addresses);
+//! both are replaced in one transaction:
 //!
 //! - `prerouting` (nat, priority dstnat): for each [`Forward`], a connection arriving on any
 //!   interface for one of the host's own addresses (`fib daddr type local`) on the forwarded
@@ -30,14 +33,16 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 
 use serde_json::{json, Value};
 
-/// The nftables family of the tables made here (IPv4 only, as the cells' subnet).
+/// The nftables family of the tables made here (the IPv4 one; the IPv6 one is [`FAMILY6`]).
 pub const FAMILY: &str = "ip";
+/// The family of a network's IPv6 table (same name as its IPv4 one).
+pub const FAMILY6: &str = "ip6";
 
 /// The transport protocol of a [`Forward`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +95,8 @@ pub struct Forward {
     pub proto: Proto,
     /// The cell's address.
     pub to_addr: Ipv4Addr,
+    /// The cell's IPv6 address, if the network has IPv6.
+    pub to_addr6: Option<Ipv6Addr>,
     /// The cell's port.
     pub to_port: u16,
 }
@@ -103,6 +110,8 @@ pub struct NatConfig {
     pub bridge: String,
     /// The cells' subnet, as an address in it and a prefix length.
     pub subnet: (Ipv4Addr, u8),
+    /// The cells' IPv6 /64 (its network address), if the network has IPv6.
+    pub subnet6: Option<Ipv6Addr>,
     /// The interface to masquerade the subnet's outgoing traffic through, if any.
     pub uplink: Option<String>,
     /// Ports of the host forwarded to cells.
@@ -122,8 +131,9 @@ fn fib_local(which: &str) -> Value {
     json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": [which]}}, "right": "local"}})
 }
 
-fn ip_in(field: &str, op: &str, (addr, len): (Ipv4Addr, u8)) -> Value {
-    json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": field}},
+fn ip_in(field: &str, op: &str, (addr, len): (IpAddr, u8)) -> Value {
+    let proto = if addr.is_ipv4() { "ip" } else { "ip6" };
+    json!({"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}},
         "right": {"prefix": {"addr": addr.to_string(), "len": len}}}})
 }
 
@@ -139,9 +149,10 @@ fn counter() -> Value {
     json!({"counter": null})
 }
 
-/// The JSON document that [`apply`] feeds to `nft -j -f -`: in one transaction, the table is
-/// deleted if present (an `add` then a `delete`, which nft 1.0.6 accepts whether or not it
-/// existed) and made anew with its chains and rules.
+/// The JSON document that [`apply`] feeds to `nft -j -f -`: in one transaction, each table
+/// (the IPv4 one, and the IPv6 one when the network has IPv6) is deleted if present (an `add`
+/// then a `delete`, which nft 1.0.6 accepts whether or not it existed) and made anew with its
+/// chains and rules.
 pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
     let (addr, len) = cfg.subnet;
     if len > 32 {
@@ -155,17 +166,59 @@ pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
     }
     // nft wants the network address, not any address in the subnet.
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let subnet = (Ipv4Addr::from(u32::from(addr) & mask), len);
-    let table = json!({"family": FAMILY, "name": cfg.table});
+    let subnet = (IpAddr::V4(Ipv4Addr::from(u32::from(addr) & mask)), len);
+    let mut cmds = vec![json!({"metainfo": {"json_schema_version": 1}})];
+    let v4: Vec<(Proto, u16, IpAddr, u16)> = cfg
+        .forwards
+        .iter()
+        .map(|f| (f.proto, f.port, IpAddr::V4(f.to_addr), f.to_port))
+        .collect();
+    table_rules(
+        &mut cmds,
+        cfg,
+        FAMILY,
+        subnet,
+        (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+        &v4,
+    );
+    if let Some(p6) = cfg.subnet6 {
+        let net6 = Ipv6Addr::from(u128::from(p6) & !((1u128 << 64) - 1));
+        let v6: Vec<(Proto, u16, IpAddr, u16)> = cfg
+            .forwards
+            .iter()
+            .filter_map(|f| Some((f.proto, f.port, IpAddr::V6(f.to_addr6?), f.to_port)))
+            .collect();
+        table_rules(
+            &mut cmds,
+            cfg,
+            FAMILY6,
+            (IpAddr::V6(net6), 64),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+            &v6,
+        );
+    }
+    Ok(json!({ "nftables": cmds }))
+}
+
+/// The commands that make table `cfg.table` of `family` anew: `subnet` is the cells' network,
+/// `loopback` the host's loopback network in that family, `forwards` (protocol, host port, cell
+/// address, cell port).
+fn table_rules(
+    cmds: &mut Vec<Value>,
+    cfg: &NatConfig,
+    family: &str,
+    subnet: (IpAddr, u8),
+    loopback: (IpAddr, u8),
+    forwards: &[(Proto, u16, IpAddr, u16)],
+) {
+    let table = json!({"family": family, "name": cfg.table});
     let chain = |name: &str, kind: &str, hook: &str, prio: i32| {
-        json!({"add": {"chain": {"family": FAMILY, "table": cfg.table, "name": name,
+        json!({"add": {"chain": {"family": family, "table": cfg.table, "name": name,
             "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
     };
-    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": FAMILY, "table": cfg.table, "chain": chain, "expr": expr}}});
-    let loopback = (Ipv4Addr::new(127, 0, 0, 0), 8);
+    let rule = |chain: &str, expr: Vec<Value>| json!({"add": {"rule": {"family": family, "table": cfg.table, "chain": chain, "expr": expr}}});
 
-    let mut cmds = vec![
-        json!({"metainfo": {"json_schema_version": 1}}),
+    cmds.extend([
         json!({"add": {"table": table}}),
         json!({"delete": {"table": table}}),
         json!({"add": {"table": table}}),
@@ -173,14 +226,14 @@ pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
         chain("output", "nat", "output", -100),
         chain("postrouting", "nat", "postrouting", 100),
         chain("forward", "filter", "forward", 0),
-    ];
-    for f in &cfg.forwards {
-        let dnat = json!({"dnat": {"addr": f.to_addr.to_string(), "port": f.to_port}});
+    ]);
+    for &(proto, port, to_addr, to_port) in forwards {
+        let dnat = json!({"dnat": {"addr": to_addr.to_string(), "port": to_port}});
         cmds.push(rule(
             "prerouting",
             vec![
                 fib_local("daddr"),
-                dport(f.proto, f.port),
+                dport(proto, port),
                 counter(),
                 dnat.clone(),
             ],
@@ -190,7 +243,7 @@ pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
             vec![
                 ip_in("daddr", "!=", loopback),
                 fib_local("daddr"),
-                dport(f.proto, f.port),
+                dport(proto, port),
                 counter(),
                 dnat,
             ],
@@ -207,7 +260,7 @@ pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
             ],
         ));
     }
-    if !cfg.forwards.is_empty() {
+    if !forwards.is_empty() {
         // Hairpin: a cell reaching a forward through the host's address.
         cmds.push(rule(
             "postrouting",
@@ -255,7 +308,6 @@ pub fn ruleset(cfg: &NatConfig) -> io::Result<Value> {
         "forward",
         vec![ct_dnat(), counter(), json!({"accept": null})],
     ));
-    Ok(json!({ "nftables": cmds }))
 }
 
 /// Runs `nft` with `args`, `input` on its standard input; returns its standard output. An
@@ -322,13 +374,16 @@ pub fn apply(cfg: &NatConfig) -> io::Result<()> {
     Ok(())
 }
 
-/// Deletes table `table` (of family [`FAMILY`]); `Ok(())` if there is none.
+/// Deletes table `table` of families [`FAMILY`] and [`FAMILY6`]; `Ok(())` if there is none.
 pub fn delete(table: &str) -> io::Result<()> {
     let t = json!({"family": FAMILY, "name": table});
+    let t6 = json!({"family": FAMILY6, "name": table});
     let doc = json!({"nftables": [
         {"metainfo": {"json_schema_version": 1}},
         {"add": {"table": t}},
         {"delete": {"table": t}},
+        {"add": {"table": t6}},
+        {"delete": {"table": t6}},
     ]});
     run_nft(
         &format!("nft table {table}: delete"),
@@ -382,18 +437,21 @@ mod tests {
             table: table_name("ivtbr0"),
             bridge: "ivtbr0".into(),
             subnet: (Ipv4Addr::new(10, 99, 0, 1), 24),
+            subnet6: Some("fd00:99::".parse().unwrap()),
             uplink: Some("ivtup0".into()),
             forwards: vec![
                 Forward {
                     port: 18080,
                     proto: Proto::Tcp,
                     to_addr: Ipv4Addr::new(10, 99, 0, 2),
+                    to_addr6: Some("fd00:99::2".parse().unwrap()),
                     to_port: 80,
                 },
                 Forward {
                     port: 15353,
                     proto: Proto::Udp,
                     to_addr: Ipv4Addr::new(10, 99, 0, 3),
+                    to_addr6: None,
                     to_port: 53,
                 },
             ],
@@ -407,7 +465,12 @@ mod tests {
 
     /// The chains and the rules of `table`, from `nft -j list table`.
     fn listing(table: &str) -> (Chains, Rules) {
-        let out = run_nft("test", &["-j", "list", "table", FAMILY, table], None).unwrap();
+        listing_of(FAMILY, table)
+    }
+
+    /// The same for the table of `family`.
+    fn listing_of(family: &str, table: &str) -> (Chains, Rules) {
+        let out = run_nft("test", &["-j", "list", "table", family, table], None).unwrap();
         let doc: Value = serde_json::from_slice(&out).unwrap();
         let mut chains = Vec::new();
         let mut rules = Vec::new();
@@ -448,6 +511,21 @@ mod tests {
         // The subnet is written as its network address.
         assert!(text.contains(r#"{"addr":"10.99.0.0","len":24}"#), "{text}");
         assert!(!text.contains("10.99.0.1"), "{text}");
+        // The IPv6 table: same name, family ip6, its /64 and the forward that has an IPv6 end.
+        assert!(
+            cmds.contains(&json!({"add": {"table": {"family": "ip6", "name": "ivnet_ivtbr0"}}}))
+        );
+        assert!(text.contains(r#"{"addr":"fd00:99::","len":64}"#), "{text}");
+        assert!(
+            text.contains(r#"{"dnat":{"addr":"fd00:99::2","port":80}}"#),
+            "{text}"
+        );
+        let v4_only = NatConfig {
+            subnet6: None,
+            ..config()
+        };
+        let text = ruleset(&v4_only).unwrap().to_string();
+        assert!(!text.contains("ip6") && !text.contains("fd00"), "{text}");
         let no_uplink = NatConfig {
             uplink: None,
             forwards: vec![],
@@ -477,7 +555,33 @@ mod tests {
             assert!(!exists(&c.table).unwrap());
             apply(&c).unwrap();
             assert!(exists(&c.table).unwrap());
-            assert_eq!(list_tables().unwrap(), vec![c.table.clone()]);
+            // One per family, of the same name.
+            assert_eq!(
+                list_tables().unwrap(),
+                vec![c.table.clone(), c.table.clone()]
+            );
+            let (chains6, rules6) = listing_of(FAMILY6, &c.table);
+            assert_eq!(chains6.len(), 4);
+            let pre6: Vec<&Value> = rules6
+                .iter()
+                .filter(|(ch, _)| ch == "prerouting")
+                .map(|(_, e)| e)
+                .collect();
+            assert_eq!(pre6.len(), 1, "{pre6:?}");
+            assert!(
+                pre6[0]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!({"dnat": {"addr": "fd00:99::2", "port": 80}})),
+                "{pre6:?}"
+            );
+            let subnet6 = ip_in("saddr", "==", ("fd00:99::".parse().unwrap(), 64));
+            assert!(
+                rules6.iter().any(|(ch, e)| ch == "postrouting"
+                    && e.as_array().unwrap().contains(&subnet6)
+                    && e.as_array().unwrap().contains(&meta("oifname", "ivtup0"))),
+                "{rules6:?}"
+            );
             let (chains, rules) = listing(&c.table);
             let mut hooks: Vec<_> = chains.iter().map(|(n, h)| format!("{n}:{h}")).collect();
             hooks.sort();
@@ -523,7 +627,7 @@ mod tests {
                 post[0].contains(&meta("oifname", "ivtup0")) && post[0].contains(&masq),
                 "{post:?}"
             );
-            let subnet = ip_in("saddr", "==", (Ipv4Addr::new(10, 99, 0, 0), 24));
+            let subnet = ip_in("saddr", "==", (IpAddr::V4(Ipv4Addr::new(10, 99, 0, 0)), 24));
             assert!(post[0].contains(&subnet), "{post:?}");
             assert!(
                 post[1].contains(&ct_dnat()) && post[1].contains(&subnet),
@@ -614,18 +718,21 @@ mod tests {
             table: table_name("ivbr0"),
             bridge: "ivbr0".into(),
             subnet: (Ipv4Addr::new(10, 77, 0, 0), 24),
+            subnet6: None,
             uplink: Some("ivu0".into()),
             forwards: vec![
                 Forward {
                     port: 18080,
                     proto: Proto::Tcp,
                     to_addr: Ipv4Addr::new(10, 77, 0, 2),
+                    to_addr6: None,
                     to_port: 8080,
                 },
                 Forward {
                     port: 15353,
                     proto: Proto::Udp,
                     to_addr: Ipv4Addr::new(10, 77, 0, 2),
+                    to_addr6: None,
                     to_port: 5353,
                 },
             ],

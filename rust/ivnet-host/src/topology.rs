@@ -5,6 +5,8 @@
 //! [host]
 //! bridge = "ivbr0"
 //! subnet = "10.20.0.0/24"          # the host's address is the first one unless `address`
+//! subnet6 = "fd00:20::/64"         # optional IPv6: the host is ::1 and sends router
+//!                                  # advertisements; cells take SLAAC addresses (EUI-64)
 //! dhcp = ["10.20.0.100", "10.20.0.199"]
 //! uplink = "eth0"                  # optional: masquerade to it
 //!
@@ -24,12 +26,15 @@
 //! ends = ["c1", "host"]
 //! ```
 //!
+//! A cell<->cell link has its own `subnet` (IPv4), and `subnet6` (an IPv6 /64) when the host
+//! has one: its first end takes `::1`, its second `::2`.
+//!
 //! [`Topology::parse`] checks everything that can be checked without touching the machine and
 //! names the line of the first problem.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -74,6 +79,7 @@ struct RawFile {
 struct RawHost {
     bridge: Spanned<String>,
     subnet: Spanned<String>,
+    subnet6: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
     dhcp: Option<Spanned<[String; 2]>>,
     uplink: Option<Spanned<String>>,
@@ -113,6 +119,7 @@ struct RawLink {
     #[serde(default = "one_mib")]
     size: Spanned<String>,
     subnet: Option<Spanned<String>>,
+    subnet6: Option<Spanned<String>>,
 }
 
 fn one_mib() -> Spanned<String> {
@@ -173,6 +180,8 @@ pub struct Host {
     pub subnet: Subnet,
     /// The host's address on the bridge.
     pub address: Ipv4Addr,
+    /// The bridge's IPv6 /64 (its network address), if the network has IPv6.
+    pub subnet6: Option<Ipv6Addr>,
     /// DHCP range, first and last address.
     pub dhcp: Option<(Ipv4Addr, Ipv4Addr)>,
     /// Interface to masquerade to.
@@ -215,6 +224,8 @@ pub struct Link {
     /// A cell<->cell link's own subnet: the first end takes its first host address, the
     /// second end the second. None for a link to the host (the host subnet).
     pub subnet: Option<Subnet>,
+    /// A cell<->cell link's IPv6 /64 (ends `::1` and `::2`), if the network has IPv6.
+    pub subnet6: Option<Ipv6Addr>,
 }
 
 /// ivnet interfaces one cell image carries (the `ivnet-cell` snippet's two links).
@@ -294,6 +305,46 @@ fn is_aarch64_elf(path: &Path) -> bool {
         && h[5] == 1 // little-endian
         && u16::from_le_bytes([h[16], h[17]]) == 2 // ET_EXEC
         && u16::from_le_bytes([h[18], h[19]]) == 183 // EM_AARCH64
+}
+
+/// Parses an IPv6 "/64" network for SLAAC and static ends: unicast, not link-local, no host
+/// bits.
+fn parse_subnet6(s: &str) -> Result<Ipv6Addr, String> {
+    let bad = || format!("subnet6 {s:?} is not an IPv6 /64 network like fd00:20::/64");
+    let (a, p) = s.split_once('/').ok_or_else(bad)?;
+    let a: Ipv6Addr = a.parse().map_err(|_| bad())?;
+    if p != "64" {
+        return Err(format!(
+            "subnet6 {s:?}: the prefix must be /64 (SLAAC builds the rest from the MAC)"
+        ));
+    }
+    let seg = a.segments();
+    if seg[4..].iter().any(|&x| x != 0) {
+        return Err(format!(
+            "subnet6 {s:?} has host bits set (did you mean the network address?)"
+        ));
+    }
+    if a.is_multicast() || a.is_unspecified() || a.is_loopback() || seg[0] & 0xffc0 == 0xfe80 {
+        return Err(format!(
+            "subnet6 {s:?} is not a unicast network (multicast, link-local, loopback)"
+        ));
+    }
+    Ok(a)
+}
+
+/// The address in /64 `prefix` with interface identifier `iid`.
+pub fn in6(prefix: Ipv6Addr, iid: u64) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(prefix) | u128::from(iid))
+}
+
+/// The SLAAC address of the interface with MAC `mac` in /64 `prefix` (modified EUI-64, RFC
+/// 4291 2.5.1: what Zephyr uses unless built for stable or private identifiers).
+pub fn slaac(prefix: Ipv6Addr, mac: [u8; 6]) -> Ipv6Addr {
+    let m = mac;
+    in6(
+        prefix,
+        u64::from_be_bytes([m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]),
+    )
 }
 
 /// Parses "a.b.c.d/p" with p in 8..=30 and no host bits.
@@ -399,6 +450,10 @@ impl Topology {
                 return lines.err(u.span(), e);
             }
         }
+        let subnet6 = match &h.subnet6 {
+            Some(s6) => Some(parse_subnet6(s6.get_ref()).or_else(|e| lines.err(s6.span(), e))?),
+            None => None,
+        };
 
         // Cells.
         let mut cells = Vec::new();
@@ -580,6 +635,25 @@ impl Topology {
                     Some(parsed)
                 }
             };
+            let link_subnet6 = match (&l.subnet6, cell_to_cell) {
+                (None, _) => None,
+                (Some(s6), false) => {
+                    return lines.err(
+                        s6.span(),
+                        format!("link {a:?} - {b:?} goes to the host, whose IPv6 subnet is [host] subnet6: drop this one"),
+                    )
+                }
+                (Some(s6), true) => {
+                    let parsed = parse_subnet6(s6.get_ref()).or_else(|e| lines.err(s6.span(), e))?;
+                    if subnet6 == Some(parsed) {
+                        return lines.err(s6.span(), format!("subnet6 {} of link {a:?} - {b:?} is the host's", s6.get_ref()));
+                    }
+                    if links.iter().any(|o: &Link| o.subnet6 == Some(parsed)) {
+                        return lines.err(s6.span(), format!("subnet6 {} of link {a:?} - {b:?} is another link's", s6.get_ref()));
+                    }
+                    Some(parsed)
+                }
+            };
             for e in ends {
                 if let End::Cell(i) = e {
                     if links.iter().filter(|o: &&Link| o.ends.contains(&e)).count()
@@ -596,6 +670,7 @@ impl Topology {
                 ends,
                 size,
                 subnet: link_subnet,
+                subnet6: link_subnet6,
             });
         }
         // A cell on the host bridge needs an address there; one off it must not give one.
@@ -694,6 +769,7 @@ impl Topology {
                 bridge: h.bridge.get_ref().clone(),
                 subnet,
                 address,
+                subnet6,
                 dhcp,
                 uplink: h.uplink.as_ref().map(|u| u.get_ref().clone()),
                 forwards,
@@ -713,11 +789,22 @@ pub struct CellIface {
     pub mac: [u8; 6],
     /// Its address (`None`: DHCP on the host bridge).
     pub address: Option<(Ipv4Addr, u8)>,
+    /// Its IPv6 address (/64): SLAAC on the host bridge, `::1` or `::2` on a cell<->cell link.
+    pub address6: Option<Ipv6Addr>,
     /// Whether it is the cell's link to the host bridge.
     pub to_host: bool,
 }
 
 impl Topology {
+    /// The IPv6 address of cell `i` on the host bridge (SLAAC), if the network has IPv6 and
+    /// the cell a link to the host.
+    pub fn cell_address6(&self, i: usize) -> Option<Ipv6Addr> {
+        self.cell_ifaces(i)
+            .into_iter()
+            .find(|f| f.to_host)
+            .and_then(|f| f.address6)
+    }
+
     /// The interfaces of cell `i`: its cell<->cell links in file order, then its link to the
     /// host bridge last.
     ///
@@ -750,10 +837,18 @@ impl Topology {
                     (None, Addressing::Static(a)) => Some((a, self.host.subnet.prefix)),
                     (None, Addressing::Dhcp | Addressing::None) => None,
                 };
+                let mac = iface_mac(cell.mac, mac_index);
+                let address6 = if to_host {
+                    self.host.subnet6.map(|p| slaac(p, mac))
+                } else {
+                    let n = if l.ends[0] == me { 1 } else { 2 };
+                    l.subnet6.map(|p| in6(p, n))
+                };
                 CellIface {
                     link: li,
-                    mac: iface_mac(cell.mac, mac_index),
+                    mac,
                     address,
+                    address6,
                     to_host,
                 }
             })
@@ -773,6 +868,12 @@ impl Topology {
                 }),
                 // A DHCP lease brings its own router; a static host-side address uses the host.
                 gw: (f.to_host && f.address.is_some()).then(|| self.host.address.octets()),
+                // On the host bridge the cell takes its address and router from the host's
+                // router advertisements (SLAAC); a cell<->cell link has no router.
+                ipv6: (!f.to_host)
+                    .then_some(f.address6)
+                    .flatten()
+                    .map(|a| (a.octets(), 64)),
             };
             if f.to_host {
                 c.default = Some(k);
@@ -965,6 +1066,82 @@ subnet = "10.30.0.0/30"
         assert_eq!(c2.default, Some(1));
         let c1 = t.cell_config(0);
         assert_eq!(c1.ifaces[1].ipv4, Some(Ipv4::Dhcp));
+    }
+
+    /// The good file, dual-stack.
+    fn dual() -> String {
+        GOOD.replacen(
+            "subnet = \"10.20.0.0/24\"",
+            "subnet = \"10.20.0.0/24\"\nsubnet6 = \"fd00:20::/64\"",
+            1,
+        )
+        .replacen(
+            "subnet = \"10.30.0.0/30\"",
+            "subnet = \"10.30.0.0/30\"\nsubnet6 = \"fd00:30::/64\"",
+            1,
+        )
+    }
+
+    #[test]
+    fn ipv6_addresses() {
+        let t = Topology::parse(&dual(), &base()).unwrap();
+        let p: Ipv6Addr = "fd00:20::".parse().unwrap();
+        assert_eq!(t.host.subnet6, Some(p));
+        // SLAAC (modified EUI-64) of 02:00:00:00:00:01 on the bridge.
+        assert_eq!(
+            t.cell_address6(0),
+            Some("fd00:20::ff:fe00:1".parse().unwrap())
+        );
+        let c1 = t.cell_ifaces(0);
+        assert_eq!(c1[0].address6, Some("fd00:30::1".parse().unwrap()));
+        let c2 = t.cell_config(1);
+        let want: Ipv6Addr = "fd00:30::2".parse().unwrap();
+        assert_eq!(c2.ifaces[0].ipv6, Some((want.octets(), 64)));
+        // On the bridge: SLAAC from the host's advertisements, nothing in the file.
+        assert_eq!(c2.ifaces[1].ipv6, None);
+        // Without subnet6, no IPv6 anywhere.
+        let t = Topology::parse(GOOD, &base()).unwrap();
+        assert_eq!(t.cell_address6(0), None);
+        assert!(t.cell_config(0).ifaces.iter().all(|f| f.ipv6.is_none()));
+    }
+
+    #[test]
+    fn ipv6_mistakes_are_named() {
+        let text = dual();
+        let bad6 = |from: &str, to: &str| {
+            assert!(text.contains(from), "{from}");
+            Topology::parse(&text.replacen(from, to, 1), &base()).unwrap_err()
+        };
+        for (to, says) in [
+            ("fd00:20::/48", "must be /64"),
+            ("fd00:20::1/64", "host bits"),
+            ("fe80::/64", "not a unicast"),
+            ("ff02::/64", "not a unicast"),
+            ("10.20.0.0/24", "not an IPv6 /64"),
+            ("fd00:20::", "not an IPv6 /64"),
+        ] {
+            let e = bad6("subnet6 = \"fd00:20::/64\"", &format!("subnet6 = \"{to}\""));
+            assert!(e.message.contains(says), "{to}: {e}");
+            assert_eq!(e.line, 5, "{e}");
+        }
+        let e = bad6("subnet6 = \"fd00:30::/64\"", "subnet6 = \"fd00:20::/64\"");
+        assert!(e.message.contains("is the host's"), "{e}");
+        let e = bad6(
+            "[[link]]\nends = [\"c2\", \"host\"]",
+            "[[link]]\nends = [\"c2\", \"host\"]\nsubnet6 = \"fd00:40::/64\"",
+        );
+        assert!(e.message.contains("[host] subnet6"), "{e}");
+    }
+
+    #[test]
+    fn slaac_is_modified_eui64() {
+        let p: Ipv6Addr = "2001:db8:1:2::".parse().unwrap();
+        assert_eq!(
+            slaac(p, [0x02, 0x1e, 0x6e, 0x55, 0x62, 0x01]),
+            "2001:db8:1:2:1e:6eff:fe55:6201"
+                .parse::<Ipv6Addr>()
+                .unwrap()
+        );
     }
 
     #[test]

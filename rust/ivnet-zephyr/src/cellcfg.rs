@@ -150,11 +150,38 @@ fn in_addr(a: [u8; 4]) -> sys::in_addr {
     r
 }
 
+/// A static IPv6 address, and its prefix as on-link (Zephyr decides on-link by its prefix
+/// list; duplicate address detection runs as for any address).
+#[cfg(ivnet_ipv6)]
+fn setup_ipv6(i: usize, iface: *mut sys::net_if, a: [u8; 16], prefix: u8) {
+    let mut addr = sys::in6_addr::default();
+    addr.__bindgen_anon_1.s6_addr = a;
+    // SAFETY: `iface` is a live interface; the stack copies the address and the prefix.
+    let ok = unsafe {
+        !sys::net_if_ipv6_addr_add(iface, &addr, sys::net_addr_type_NET_ADDR_MANUAL, 0).is_null()
+            && !sys::net_if_ipv6_prefix_add(iface, &addr, prefix, u32::MAX).is_null()
+    };
+    let a = core::net::Ipv6Addr::from(a);
+    if ok {
+        inf!("ivnet{}: {}/{}", i, a, prefix);
+    } else {
+        err!("ivnet{}: cannot add {}/{}", i, a, prefix);
+    }
+}
+
+#[cfg(not(ivnet_ipv6))]
+fn setup_ipv6(i: usize, _iface: *mut sys::net_if, _a: [u8; 16], _prefix: u8) {
+    err!(
+        "ivnet{}: IPv6 address asked for, but CONFIG_NET_IPV6 is off",
+        i
+    );
+}
+
 /// Applies addresses, gateways and DHCP (at APPLICATION init, when the stack is up).
 pub fn setup() {
     let cfg = get();
     for (i, ifc) in cfg.ifaces.iter().enumerate() {
-        if ifc.ipv4.is_none() && ifc.gw.is_none() {
+        if ifc.ipv4.is_none() && ifc.gw.is_none() && ifc.ipv6.is_none() {
             continue;
         }
         let iface = IFACES[i].load(Ordering::Acquire);
@@ -205,6 +232,9 @@ pub fn setup() {
         if let Some(g) = ifc.gw {
             // SAFETY: `iface` is a live interface; the stack copies the address.
             unsafe { sys::net_if_ipv4_set_gw(iface, &in_addr(g)) };
+        }
+        if let Some((a, prefix)) = ifc.ipv6 {
+            setup_ipv6(i, iface, a, prefix);
         }
     }
     if let Some(d) = cfg.default {

@@ -1,6 +1,7 @@
 /*
  * ivnet echo: echoes UDP datagrams and TCP streams on port 4242 over the ivnet link, and
- * discards UDP datagrams sent to port 9 (a sink for load tests).
+ * discards UDP datagrams sent to port 9 (a sink for load tests); in IPv4, and in IPv6 too when
+ * the image has it (CONFIG_NET_IPV6: the network cells).
  * When the link goes away the stack may fail the sockets; each loop then reopens its socket
  * after a pause instead of spinning.
  * SPDX-License-Identifier: Apache-2.0
@@ -35,16 +36,25 @@ STATS_SECT_DECL(echo_stats) echo_stats;
 
 #define ECHO_PORT 4242
 #define DISCARD_PORT 9
+#define TCP_BUF 1460
 
-static int open_bound_port(int type, int proto, uint16_t port)
+/* A service's port and address family, packed into one thread argument. */
+#define SERVICE(port, family) ((void *)(uintptr_t)((port) | ((family) << 16)))
+#define SERVICE_PORT(arg)     ((uint16_t)((uintptr_t)(arg) & 0xffff))
+#define SERVICE_FAMILY(arg)   ((int)((uintptr_t)(arg) >> 16))
+
+static int open_bound_port(int family, int type, int proto, uint16_t port)
 {
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-	int s = zsock_socket(AF_INET, type, proto);
+	struct sockaddr_in6 addr6 = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+	struct sockaddr *a = family == AF_INET6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr;
+	socklen_t al = family == AF_INET6 ? sizeof(addr6) : sizeof(addr);
+	int s = zsock_socket(family, type, proto);
 
 	if (s < 0) {
 		return -errno;
 	}
-	if (zsock_bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	if (zsock_bind(s, a, al) < 0 ||
 	    (type == SOCK_STREAM && zsock_listen(s, 1) < 0)) {
 		int err = -errno;
 
@@ -58,13 +68,14 @@ static int open_bound_port(int type, int proto, uint16_t port)
  * One UDP service on `port`: echoes each datagram back, or (discard, RFC 863) drops it; the
  * discard port on 9 is a sink for load tests, whose arrivals `net stats` counts.
  */
-static void udp_serve(void *port, void *echo, void *buf)
+static void udp_serve(void *service, void *echo, void *buf)
 {
 	for (;;) {
-		int s = open_bound_port(SOCK_DGRAM, IPPROTO_UDP, (uint16_t)(uintptr_t)port);
+		int s = open_bound_port(SERVICE_FAMILY(service), SOCK_DGRAM, IPPROTO_UDP,
+					SERVICE_PORT(service));
 
 		while (s >= 0) {
-			struct sockaddr_in from;
+			struct sockaddr_in6 from; /* the larger of the two families' */
 			socklen_t fl = sizeof(from);
 			ssize_t n = zsock_recvfrom(s, buf, 1500, 0, (struct sockaddr *)&from, &fl);
 
@@ -89,12 +100,13 @@ static void udp_serve(void *port, void *echo, void *buf)
 	}
 }
 
-static void tcp_echo(void *a, void *b, void *c)
+static void tcp_echo(void *service, void *tcp_buf, void *c)
 {
-	static uint8_t buf[1460];
+	uint8_t *buf = tcp_buf;
 
 	for (;;) {
-		int s = open_bound_port(SOCK_STREAM, IPPROTO_TCP, ECHO_PORT);
+		int s = open_bound_port(SERVICE_FAMILY(service), SOCK_STREAM, IPPROTO_TCP,
+					SERVICE_PORT(service));
 
 		while (s >= 0) {
 			int conn = zsock_accept(s, NULL, NULL);
@@ -104,7 +116,7 @@ static void tcp_echo(void *a, void *b, void *c)
 				break;
 			}
 			STATS_INC(echo_stats, tcp_conns);
-			while ((n = zsock_recv(conn, buf, sizeof(buf), 0)) > 0) {
+			while ((n = zsock_recv(conn, buf, TCP_BUF, 0)) > 0) {
 				ssize_t sent = 0;
 
 				STATS_INCN(echo_stats, tcp_bytes, n);
@@ -131,12 +143,22 @@ static void tcp_echo(void *a, void *b, void *c)
 	}
 }
 
-static uint8_t echo_buf[1500], discard_buf[1500];
+static uint8_t echo_buf[1500], discard_buf[1500], tcp_buf[TCP_BUF];
 
-K_THREAD_DEFINE(udp_echo_tid, 2048, udp_serve, (void *)ECHO_PORT, (void *)1, echo_buf, 7, 0, 0);
-K_THREAD_DEFINE(udp_discard_tid, 2048, udp_serve, (void *)DISCARD_PORT, NULL, discard_buf, 7, 0,
-		0);
-K_THREAD_DEFINE(tcp_echo_tid, 2048, tcp_echo, NULL, NULL, NULL, 7, 0, 0);
+K_THREAD_DEFINE(udp_echo_tid, 2048, udp_serve, SERVICE(ECHO_PORT, AF_INET), (void *)1, echo_buf, 7,
+		0, 0);
+K_THREAD_DEFINE(udp_discard_tid, 2048, udp_serve, SERVICE(DISCARD_PORT, AF_INET), NULL,
+		discard_buf, 7, 0, 0);
+K_THREAD_DEFINE(tcp_echo_tid, 2048, tcp_echo, SERVICE(ECHO_PORT, AF_INET), tcp_buf, NULL, 7, 0, 0);
+
+#if defined(CONFIG_NET_IPV6)
+static uint8_t echo6_buf[1500], tcp6_buf[TCP_BUF];
+
+K_THREAD_DEFINE(udp_echo6_tid, 2048, udp_serve, SERVICE(ECHO_PORT, AF_INET6), (void *)1,
+		echo6_buf, 7, 0, 0);
+K_THREAD_DEFINE(tcp_echo6_tid, 2048, tcp_echo, SERVICE(ECHO_PORT, AF_INET6), tcp6_buf, NULL, 7,
+		0, 0);
+#endif
 
 int main(void)
 {
