@@ -20,12 +20,18 @@ def sync(src: Path, dst: Path) -> int:
     """Makes `dst` hold `src`'s files; returns how many it wrote."""
     names = subprocess.run(["git", "-C", str(src), "ls-files", "-z", "--cached", "--others",
                             "--exclude-standard"], capture_output=True, check=True).stdout
+    # Regular files only (a tracked file deleted in the work tree is not copied, and goes).
     files = {n.decode() for n in names.split(b"\0") if n}
+    files = {n for n in files if not (src / n).is_symlink() and (src / n).is_file()}
     wrote = 0
     for name in sorted(files):
         s, d = src / name, dst / name
-        if s.is_symlink() or not s.is_file():
-            continue  # deleted in the work tree, or not a regular file
+        # A directory of the copy where the source now has a file, or a file where it has a
+        # directory: the copy's goes.
+        for parent in reversed(Path(name).parents[:-1]):
+            q = dst / parent
+            if q.is_symlink() or (q.exists() and not q.is_dir()):
+                q.unlink()
         data = s.read_bytes()
         if d.is_file() and not d.is_symlink() and d.read_bytes() == data:
             if (d.stat().st_mode & 0o777) != (s.stat().st_mode & 0o777):

@@ -70,14 +70,20 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   # The conformance images are kept outside the clone, built with the module from a copy of
   # it there (scripts/sync-tree.py rewrites only changed files), so that a later run, from this
   # clone or a fresh one (CI), rebuilds only what changed: each is a whole Zephyr build with
-  # picolibc. One run at a time builds them (a lock held while building; a second run waits).
+  # picolibc. One run at a time builds and runs them (a lock held until the end-to-end tests
+  # are done); a run that finds it held for 5 minutes uses directories of its own clone path.
   confroot=$HOME/.cache/ivnet/conf
-  conf=${IVNET_CONF_DIR:-$confroot/images}
   mkdir -p "$confroot"
   exec 9>"$confroot/lock"
-  flock -w 1800 9 || echo "WARNING: $confroot/lock still held after 30 min; building anyway"
-  python3 scripts/sync-tree.py "$here" "$confroot/module" || { echo "sync-tree failed"; exit 1; }
-  declare -A modpath=([picolibc]=modules/lib/picolibc [mbedtls]=modules/crypto/mbedtls)
+  modcopy=$confroot/module conf=$confroot/images
+  if ! flock -w 300 9; then
+    key=$(printf %s "$here" | sha1sum | cut -c1-12)
+    modcopy=$confroot/$key-module conf=$confroot/$key-images
+    echo "NOTE: $confroot/lock is held (another run?): building in $conf"
+  fi
+  conf=${IVNET_CONF_DIR:-$conf}
+  python3 scripts/sync-tree.py "$here" "$modcopy" || { echo "sync-tree failed"; exit 1; }
+  declare -A modpath=([picolibc]=modules/lib/picolibc [mbedtls]=modules/crypto/mbedtls [zcbor]=modules/lib/zcbor)
   while read -r row path args; do
     case "$row" in ''|'#'*) continue ;; esac
     needs=""
@@ -98,10 +104,9 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       mkdir -p "$conf" && printf %s "$args" >"$conf/$row-$drv.args"
       step "conformance build: Zephyr's samples/$path, -S $snip" \
         west build -p "$pristine" -b qemu_cortex_a53 "$ZEPHYR_BASE/samples/$path" -d "$conf/$row-$drv" \
-          -S "$snip" -- -DEXTRA_ZEPHYR_MODULES="$confroot/module" "$zcargo" $args </dev/null
+          -S "$snip" -- -DEXTRA_ZEPHYR_MODULES="$modcopy" "$zcargo" $args </dev/null
     done
   done < tests/e2e/conformance-samples.txt
-  exec 9>&-
   step "cargo clippy (Zephyr driver crate, cell build: fw_cfg config, STATS groups)" \
     bash scripts/clippy-zephyr.sh "$build/cell"
   rm -rf "$build/twister"
@@ -112,6 +117,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
       IVNET_CONF_DIR="$conf" \
       "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
+  exec 9>&-
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"
 fi

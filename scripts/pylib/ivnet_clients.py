@@ -83,8 +83,12 @@ def echo_serve(addr: str, port: int, seconds: int) -> str:
 
     def udp(sock: socket.socket) -> None:
         while True:
-            d, peer = sock.recvfrom(65536)
-            sock.sendto(d, peer)
+            try:
+                d, peer = sock.recvfrom(65536)
+                sock.sendto(d, peer)
+            except OSError as e:  # e.g. an ICMP error from an earlier send: go on
+                print(f"udp: {e}", file=sys.stderr, flush=True)
+                continue
             count("udp" + fam(peer), 1)
 
     def stop(*_):

@@ -343,6 +343,32 @@ def test_failed_up_rolls_back(cell_elf, work):
         net.close()
 
 
+def test_ipv6_forwarding_would_break_the_uplink(cell_elf, work):
+    """The uplink has a route learned from a router advertisement and takes them (accept_ra 1):
+    turning IPv6 forwarding on would make the kernel drop it, so `up` refuses, says where and
+    how to fix it, and leaves the machine as it was; with accept_ra 2 it goes up."""
+    net = make_net(work)
+    try:
+        net.host.ip("-6", "route", "add", "fd00:abcd::/64", "dev", "ivup0", "proto", "ra")
+        before = net.snapshot()
+        topo = work / "net.toml"
+        topo.write_text(topology(cell_elf, 1))
+        r = net.up(topo, check=False)
+        print(r.stderr)
+        assert r.returncode != 0
+        assert "ivup0" in r.stderr and "accept_ra=2" in r.stderr and "removed" in r.stderr, r.stderr
+        assert net.snapshot() == before
+        net.host.run("sysctl", "-qw", "net.ipv6.conf.ivup0.accept_ra=2")
+        net.up(topo)
+        net.down()
+        after = net.snapshot()
+        assert after.pop("ns uplink accept_ra").strip() == "2"
+        before.pop("ns uplink accept_ra")
+        assert after == before
+    finally:
+        net.close()
+
+
 def test_down_after_the_supervisor_was_killed(cell_elf, work):
     """SIGKILL to the supervisor leaves its cells, dnsmasq, bridge and nftables table behind;
     `down` removes all of them from the record, and `up` on such a leftover rebuilds."""

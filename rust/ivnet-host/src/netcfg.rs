@@ -427,35 +427,90 @@ pub fn set_ip_forward(on: bool) -> io::Result<bool> {
     Ok(was)
 }
 
-/// Sets `/proc/sys/net/ipv6/conf/<conf>/<key>` (`conf` is `all` or an interface name, `key`
-/// one of `forwarding`, `accept_ra`) to `value` and returns what it held, so that a caller can
-/// put it back. Nothing is written if it is unchanged.
-pub fn set_ipv6_conf(conf: &str, key: &str, value: &str) -> io::Result<String> {
+/// Reads `/proc/sys/net/ipv6/conf/<conf>/<key>` (`conf` is `all` or an interface name).
+pub fn ipv6_conf(conf: &str, key: &str) -> io::Result<String> {
     if conf != "all" {
         check_ifname("interface", conf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }
-    if !matches!(key, "forwarding" | "accept_ra") || !value.bytes().all(|b| b.is_ascii_digit()) {
+    if conf == "default" || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("ipv6 conf {conf}/{key} = {value:?}: not a setting ivnet changes"),
+            format!("ipv6 conf {conf}/{key}: not a setting ivnet reads"),
         ));
     }
     let path = format!("/proc/sys/net/ipv6/conf/{conf}/{key}");
-    let what = |e| ctx(&path, e);
+    Ok(std::fs::read_to_string(&path)
+        .map_err(|e| ctx(&path, e))?
+        .trim()
+        .to_string())
+}
+
+/// Sets `net.ipv6.conf.all.forwarding` and returns the value it had before, so that a caller
+/// can put it back. Nothing is written if it is unchanged.
+pub fn set_ipv6_forwarding(on: bool) -> io::Result<bool> {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    let what = |e| ctx(PATH, e);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&path)
+        .open(PATH)
         .map_err(what)?;
-    let mut was = String::new();
-    f.read_to_string(&mut was).map_err(what)?;
-    let was = was.trim().to_string();
-    if was != value {
+    let mut s = String::new();
+    f.read_to_string(&mut s).map_err(what)?;
+    let was = match s.trim() {
+        "0" => false,
+        "1" => true,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{PATH}: unexpected value {other:?}"),
+            ))
+        }
+    };
+    if was != on {
         f.rewind().map_err(what)?;
-        f.write_all(format!("{value}\n").as_bytes()).map_err(what)?;
+        f.write_all(if on { b"1\n" } else { b"0\n" })
+            .map_err(what)?;
     }
     Ok(was)
+}
+
+/// The interfaces that have IPv6 routes learned from router advertisements (`proto ra`): the
+/// kernel drops those routes, and takes no more advertisements, on each of them whose
+/// `accept_ra` is not 2 once IPv6 forwarding is turned on.
+pub fn ra_route_interfaces() -> io::Result<Vec<String>> {
+    use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
+    let mut nl = Rtnl::open()?;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    let routes = nl
+        .query(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
+        .map_err(|e| ctx("IPv6 routes: list", e))?;
+    let mut ifindexes: Vec<u32> = routes
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) if r.header.protocol == RouteProtocol::Ra => {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    let mut names = Vec::new();
+    for name in links()? {
+        if nl
+            .link_index(&name)?
+            .is_some_and(|i| ifindexes.contains(&i))
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Helpers for the tests of this module and of [`crate::nft`]: fresh network namespaces,
@@ -691,19 +746,41 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_conf_is_per_netns_and_checked() {
-        if skip_unless_root("ipv6_conf_is_per_netns_and_checked") {
+    fn ipv6_forwarding_is_per_netns_and_reads_are_checked() {
+        if skip_unless_root("ipv6_forwarding_is_per_netns_and_reads_are_checked") {
             return;
         }
         let host_before =
             std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap();
         in_netns(|| {
-            assert_eq!(set_ipv6_conf("all", "forwarding", "1").unwrap(), "0");
-            assert_eq!(set_ipv6_conf("all", "forwarding", "0").unwrap(), "1");
-            assert_eq!(set_ipv6_conf("lo", "accept_ra", "2").unwrap(), "1");
-            assert!(set_ipv6_conf("all", "disable_ipv6", "1").is_err());
-            assert!(set_ipv6_conf("../../ipv4/ip_forward", "forwarding", "1").is_err());
-            assert!(set_ipv6_conf("all", "forwarding", "1\n0").is_err());
+            assert!(!set_ipv6_forwarding(true).unwrap());
+            assert!(set_ipv6_forwarding(false).unwrap());
+            assert_eq!(ipv6_conf("lo", "accept_ra").unwrap(), "1");
+            assert!(ipv6_conf("default", "accept_ra").is_err());
+            assert!(ipv6_conf("../../ipv4", "ip_forward").is_err());
+            assert!(ipv6_conf("all", "../forwarding").is_err());
+            // No router here: no interface has routes from advertisements...
+            assert!(ra_route_interfaces().unwrap().is_empty());
+            // ... until one has (a route as the kernel adds it for an advertisement).
+            create_veth("ivtra0", "ivtra1").unwrap();
+            set_up("ivtra0").unwrap();
+            set_up("ivtra1").unwrap();
+            let ok = std::process::Command::new("ip")
+                .args([
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:ab::/64",
+                    "dev",
+                    "ivtra0",
+                    "proto",
+                    "ra",
+                ])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            assert_eq!(ra_route_interfaces().unwrap(), vec!["ivtra0".to_string()]);
+            delete_link("ivtra0").unwrap();
         });
         let host_after = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap();
         assert_eq!(host_before, host_after);

@@ -72,10 +72,7 @@ pub struct Record {
     /// `ip_forward` before we turned it on.
     pub ip_forward_before: Option<bool>,
     /// `net.ipv6.conf.all.forwarding` before we turned it on.
-    pub ipv6_forwarding_before: Option<String>,
-    /// The uplink's `accept_ra` before we made it 2 (router advertisements still accepted
-    /// with forwarding on), and the uplink.
-    pub accept_ra_before: Option<(String, String)>,
+    pub ipv6_forwarding_before: Option<bool>,
     /// Child processes: (what, pid).
     pub processes: Vec<(String, u32)>,
 }
@@ -387,21 +384,24 @@ impl Supervisor {
             self.record.ip_forward_before = Some(before);
             self.save_record();
             if h.subnet6.is_some() {
-                // IPv6 forwarding stops an interface from taking router advertisements unless
-                // its accept_ra is 2: the uplink keeps its own (SLAAC) configuration.
-                if let Some(u) = &h.uplink {
-                    let before = netcfg::set_ipv6_conf(u, "accept_ra", "2")?;
-                    if before != "2" {
-                        if before == "1" {
-                            self.record.accept_ra_before = Some((u.clone(), before));
-                        } else {
-                            // 0 (no advertisements taken): leave it so.
-                            netcfg::set_ipv6_conf(u, "accept_ra", &before)?;
+                // Turning IPv6 forwarding on makes the kernel drop the routes an interface
+                // learned from router advertisements, and take no more, unless its accept_ra
+                // is 2. That is the machine's own configuration: refuse rather than break it.
+                if !netcfg::ipv6_conf("all", "forwarding").is_ok_and(|v| v == "1") {
+                    let mut at_risk = Vec::new();
+                    for i in netcfg::ra_route_interfaces()? {
+                        if netcfg::ipv6_conf(&i, "accept_ra")? != "2" {
+                            at_risk.push(i);
                         }
                     }
-                    self.save_record();
+                    if let Some(first) = at_risk.first() {
+                        return Err(err(format!(
+                            "IPv6 forwarding (NAT66 and forwards with subnet6) would make {} lose the IPv6 routes learned from router advertisements: set accept_ra to 2 there first (sysctl -w net.ipv6.conf.{first}.accept_ra=2), or drop subnet6, or the uplink and forwards",
+                            at_risk.join(", ")
+                        )));
+                    }
                 }
-                let before = netcfg::set_ipv6_conf("all", "forwarding", "1")?;
+                let before = netcfg::set_ipv6_forwarding(true)?;
                 self.record.ipv6_forwarding_before = Some(before);
                 self.save_record();
             }
@@ -714,7 +714,7 @@ impl Supervisor {
     /// Restarts what died (cells, dnsmasq); returns what it restarted.
     pub fn reconcile(&mut self) -> Vec<String> {
         let mut done = Vec::new();
-        if self.topo.host.dhcp.is_some() {
+        if self.topo.host.dhcp.is_some() || self.topo.host.subnet6.is_some() {
             let dead = match self.dnsmasq.as_mut() {
                 Some(c) => c.try_wait().ok().flatten().is_some(),
                 None => true,
@@ -1137,8 +1137,8 @@ fn names_dir(cmdline: &str, dir: &Path) -> bool {
 }
 
 /// Undoes what a record says was created: kills its processes (those whose command line
-/// still names `dir`), removes its links and its nftables tables, restores `ip_forward`, IPv6
-/// forwarding and the uplink's `accept_ra`. Each
+/// still names `dir`), removes its links and its nftables tables, restores `ip_forward` and IPv6
+/// forwarding. Each
 /// step is tried even when another fails.
 pub fn undo(r: &Record, dir: &Path) {
     for (what, pid) in &r.processes {
@@ -1167,14 +1167,9 @@ pub fn undo(r: &Record, dir: &Path) {
             error!("{l}: {e}");
         }
     }
-    if let Some(before) = &r.ipv6_forwarding_before {
-        if let Err(e) = netcfg::set_ipv6_conf("all", "forwarding", before) {
+    if let Some(before) = r.ipv6_forwarding_before {
+        if let Err(e) = netcfg::set_ipv6_forwarding(before) {
             error!("ipv6 forwarding: {e}");
-        }
-    }
-    if let Some((uplink, before)) = &r.accept_ra_before {
-        if let Err(e) = netcfg::set_ipv6_conf(uplink, "accept_ra", before) {
-            error!("{uplink} accept_ra: {e}");
         }
     }
     if let Some(before) = r.ip_forward_before {
@@ -1426,19 +1421,6 @@ fn only_ours(mut r: Record, name: &str) -> Record {
             );
             r.nft_table = None;
         }
-    }
-    if r.ipv6_forwarding_before
-        .as_deref()
-        .is_some_and(|v| !matches!(v, "0" | "1"))
-    {
-        error!("the record of network {name} names an IPv6 forwarding value it cannot have read: left alone");
-        r.ipv6_forwarding_before = None;
-    }
-    if r.accept_ra_before.as_ref().is_some_and(|(u, v)| {
-        check_ifname("uplink", u).is_err() || !matches!(v.as_str(), "0" | "1" | "2")
-    }) {
-        error!("the record of network {name} names an uplink accept_ra it cannot have read: left alone");
-        r.accept_ra_before = None;
     }
     r
 }

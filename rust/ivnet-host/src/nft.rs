@@ -375,22 +375,27 @@ pub fn apply(cfg: &NatConfig) -> io::Result<()> {
 }
 
 /// Deletes table `table` of families [`FAMILY`] and [`FAMILY6`]; `Ok(())` if there is none.
+/// One transaction per family: the IPv4 table goes even where the IPv6 one cannot be touched.
 pub fn delete(table: &str) -> io::Result<()> {
-    let t = json!({"family": FAMILY, "name": table});
-    let t6 = json!({"family": FAMILY6, "name": table});
-    let doc = json!({"nftables": [
-        {"metainfo": {"json_schema_version": 1}},
-        {"add": {"table": t}},
-        {"delete": {"table": t}},
-        {"add": {"table": t6}},
-        {"delete": {"table": t6}},
-    ]});
-    run_nft(
-        &format!("nft table {table}: delete"),
-        &["-j", "-f", "-"],
-        Some(&doc),
-    )?;
-    Ok(())
+    let mut result = Ok(());
+    for family in [FAMILY, FAMILY6] {
+        let t = json!({"family": family, "name": table});
+        let doc = json!({"nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"add": {"table": t}},
+            {"delete": {"table": t}},
+        ]});
+        if let Err(e) = run_nft(
+            &format!("nft table {family} {table}: delete"),
+            &["-j", "-f", "-"],
+            Some(&doc),
+        ) {
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
 }
 
 /// The (family, name) of every nftables table in the calling thread's network namespace.

@@ -4,7 +4,7 @@
 //! the supervisor keeps running as uid 0, but with only the capabilities it still needs:
 //! [`SUPERVISOR_CAPS`] permitted and in the bounding set (restarting dnsmasq and the cells,
 //! which drop their user themselves), of which only [`SUPERVISOR_EFFECTIVE`] is effective
-//! (links, nftables and `ip_forward` at teardown, signalling cells that run as another user),
+//! (links, nftables, `ip_forward` and IPv6 forwarding at teardown, signalling cells that run as another user),
 //! and `no_new_privs`, so neither it nor anything it starts can regain the others.
 //!
 //! What this does not do: the threads stay uid 0, so a thread without capabilities can still
@@ -35,7 +35,8 @@ pub const CAP_SETGID: Cap = 6;
 pub const CAP_SETUID: Cap = 7;
 /// CAP_NET_BIND_SERVICE: dnsmasq binds the DHCP port.
 pub const CAP_NET_BIND_SERVICE: Cap = 10;
-/// CAP_NET_ADMIN: links, addresses, nftables, `ip_forward`, dnsmasq's ARP entries.
+/// CAP_NET_ADMIN: links, addresses, nftables, `ip_forward` and IPv6 forwarding, dnsmasq's ARP
+/// entries.
 pub const CAP_NET_ADMIN: Cap = 12;
 /// CAP_NET_RAW: dnsmasq's DHCP socket.
 pub const CAP_NET_RAW: Cap = 13;

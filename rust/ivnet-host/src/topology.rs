@@ -26,8 +26,8 @@
 //! ends = ["c1", "host"]
 //! ```
 //!
-//! A cell<->cell link has its own `subnet` (IPv4), and `subnet6` (an IPv6 /64) when the host
-//! has one: its first end takes `::1`, its second `::2`.
+//! A cell<->cell link has its own `subnet` (IPv4), and may have a `subnet6` (an IPv6 /64, with
+//! or without one on the host): its first end takes `::1`, its second `::2`.
 //!
 //! [`Topology::parse`] checks everything that can be checked without touching the machine and
 //! names the line of the first problem.
@@ -224,7 +224,7 @@ pub struct Link {
     /// A cell<->cell link's own subnet: the first end takes its first host address, the
     /// second end the second. None for a link to the host (the host subnet).
     pub subnet: Option<Subnet>,
-    /// A cell<->cell link's IPv6 /64 (ends `::1` and `::2`), if the network has IPv6.
+    /// A cell<->cell link's IPv6 /64 (ends `::1` and `::2`), if it has one.
     pub subnet6: Option<Ipv6Addr>,
 }
 

@@ -156,10 +156,14 @@ fn in_addr(a: [u8; 4]) -> sys::in_addr {
 fn setup_ipv6(i: usize, iface: *mut sys::net_if, a: [u8; 16], prefix: u8) {
     let mut addr = sys::in6_addr::default();
     addr.__bindgen_anon_1.s6_addr = a;
+    // The prefix without the address's host bits (parse() keeps `prefix` in 1..=128).
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    let mut net = sys::in6_addr::default();
+    net.__bindgen_anon_1.s6_addr = (u128::from_be_bytes(a) & mask).to_be_bytes();
     // SAFETY: `iface` is a live interface; the stack copies the address and the prefix.
     let ok = unsafe {
         !sys::net_if_ipv6_addr_add(iface, &addr, sys::net_addr_type_NET_ADDR_MANUAL, 0).is_null()
-            && !sys::net_if_ipv6_prefix_add(iface, &addr, prefix, u32::MAX).is_null()
+            && !sys::net_if_ipv6_prefix_add(iface, &net, prefix, u32::MAX).is_null()
     };
     let a = core::net::Ipv6Addr::from(a);
     if ok {

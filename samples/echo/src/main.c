@@ -1,7 +1,7 @@
 /*
  * ivnet echo: echoes UDP datagrams and TCP streams on port 4242 over the ivnet link, and
- * discards UDP datagrams sent to port 9 (a sink for load tests); in IPv4, and in IPv6 too when
- * the image has it (CONFIG_NET_IPV6: the network cells).
+ * discards UDP datagrams sent to port 9 (a sink for load tests, IPv4); the echo services answer
+ * in IPv6 too when the image has it (CONFIG_NET_IPV6: the network cells).
  * When the link goes away the stack may fail the sockets; each loop then reopens its socket
  * after a pause instead of spinning.
  * SPDX-License-Identifier: Apache-2.0
