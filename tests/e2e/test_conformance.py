@@ -46,7 +46,7 @@ ROWS = [line.split() for line in (Path(__file__).parent / "conformance-samples.t
 SAMPLES = {r[0]: r[1] for r in ROWS}
 NEEDS = {r[0]: r[2][len("needs="):].split(",") if len(r) > 2 and r[2].startswith("needs=") else [] for r in ROWS}
 ARGS = {r[0]: r[2 + bool(NEEDS[r[0]]):] for r in ROWS}
-MODULE_PATHS = {"picolibc": "modules/lib/picolibc", "mbedtls": "modules/crypto/mbedtls"}
+MODULE_PATHS = {"picolibc": "modules/lib/picolibc", "mbedtls": "modules/crypto/mbedtls", "zcbor": "modules/lib/zcbor"}
 
 RESULTS: dict[tuple[str, str], str] = {}
 
