@@ -174,10 +174,16 @@ fn check(file: &std::path::Path) -> Result<(), String> {
     let t = Topology::parse(&text, base).map_err(|e| format!("{}: {e}", file.display()))?;
     let h = &t.host;
     println!(
-        "host: bridge {} at {}/{}{}{}",
+        "host: bridge {} at {}/{}{}{}{}",
         h.bridge,
         h.address,
         h.subnet.prefix,
+        h.subnet6
+            .map(|p| format!(
+                " and {}/64 (router advertisements of {p}/64)",
+                ivnet_host::topology::in6(p, 1)
+            ))
+            .unwrap_or_default(),
         h.dhcp
             .map(|(a, b)| format!(", DHCP {a} - {b}"))
             .unwrap_or_default(),
@@ -186,24 +192,38 @@ fn check(file: &std::path::Path) -> Result<(), String> {
             .map(|u| format!(", NAT to {u}"))
             .unwrap_or_default()
     );
-    for c in &t.cells {
+    for (i, c) in t.cells.iter().enumerate() {
         let a = match c.address {
             Addressing::Dhcp => "DHCP".to_string(),
             Addressing::Static(ip) => ip.to_string(),
             Addressing::None => "no host link".to_string(),
         };
-        println!("cell {}: {a}, image {}", c.name, c.image.display());
+        let a6 = t
+            .cell_address6(i)
+            .map(|a| format!(" and {a} (SLAAC)"))
+            .unwrap_or_default();
+        println!("cell {}: {a}{a6}, image {}", c.name, c.image.display());
     }
     let name = |e: End| match e {
         End::Host => "host".to_string(),
         End::Cell(i) => t.cells[i].name.clone(),
     };
     for l in &t.links {
+        let subnets = [
+            l.subnet.map(|s| format!("{}/{}", s.network, s.prefix)),
+            l.subnet6.map(|p| format!("{p}/64")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
         println!(
-            "link {} - {} ({} bytes)",
+            "link {} - {} ({} bytes{}{})",
             name(l.ends[0]),
             name(l.ends[1]),
-            l.size
+            l.size,
+            if subnets.is_empty() { "" } else { ", " },
+            subnets
         );
     }
     for f in &h.forwards {
