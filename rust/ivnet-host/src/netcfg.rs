@@ -397,15 +397,14 @@ pub fn ipv4_addrs(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
     Rtnl::open()?.ipv4_addrs(name)
 }
 
-/// Sets `net.ipv4.ip_forward` (through `/proc/sys/net/ipv4/ip_forward`) and returns the value
-/// it had before, so that a caller can put it back. Nothing is written if it is unchanged.
-pub fn set_ip_forward(on: bool) -> io::Result<bool> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    let what = |e| ctx(PATH, e);
+/// Sets the 0/1 switch at `path` (a file under `/proc/sys`) and returns the value it had
+/// before, so that a caller can put it back. Nothing is written if it is unchanged.
+fn set_switch(path: &str, on: bool) -> io::Result<bool> {
+    let what = |e| ctx(path, e);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(PATH)
+        .open(path)
         .map_err(what)?;
     let mut s = String::new();
     f.read_to_string(&mut s).map_err(what)?;
@@ -415,7 +414,7 @@ pub fn set_ip_forward(on: bool) -> io::Result<bool> {
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{PATH}: unexpected value {other:?}"),
+                format!("{path}: unexpected value {other:?}"),
             ))
         }
     };
@@ -425,6 +424,12 @@ pub fn set_ip_forward(on: bool) -> io::Result<bool> {
             .map_err(what)?;
     }
     Ok(was)
+}
+
+/// Sets `net.ipv4.ip_forward` (through `/proc/sys/net/ipv4/ip_forward`) and returns the value
+/// it had before, so that a caller can put it back. Nothing is written if it is unchanged.
+pub fn set_ip_forward(on: bool) -> io::Result<bool> {
+    set_switch("/proc/sys/net/ipv4/ip_forward", on)
 }
 
 /// Reads `/proc/sys/net/ipv6/conf/<conf>/<key>` (`conf` is `all` or an interface name).
@@ -449,31 +454,7 @@ pub fn ipv6_conf(conf: &str, key: &str) -> io::Result<String> {
 /// Sets `net.ipv6.conf.all.forwarding` and returns the value it had before, so that a caller
 /// can put it back. Nothing is written if it is unchanged.
 pub fn set_ipv6_forwarding(on: bool) -> io::Result<bool> {
-    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-    let what = |e| ctx(PATH, e);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(PATH)
-        .map_err(what)?;
-    let mut s = String::new();
-    f.read_to_string(&mut s).map_err(what)?;
-    let was = match s.trim() {
-        "0" => false,
-        "1" => true,
-        other => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{PATH}: unexpected value {other:?}"),
-            ))
-        }
-    };
-    if was != on {
-        f.rewind().map_err(what)?;
-        f.write_all(if on { b"1\n" } else { b"0\n" })
-            .map_err(what)?;
-    }
-    Ok(was)
+    set_switch("/proc/sys/net/ipv6/conf/all/forwarding", on)
 }
 
 /// The interfaces that have IPv6 routes learned from router advertisements (`proto ra`): the
