@@ -137,6 +137,20 @@ def cell_ping(con: h.Console, addr: str, tries: int = 3) -> None:
     raise AssertionError(f"{con.name} cannot ping {addr}")
 
 
+def ping_matrix(cons: dict, addrs: dict, host_addr: str) -> tuple[int, list[str]]:
+    """Every cell (`cons`: name -> Console) pings every other cell (`addrs`: name -> address)
+    and the host with `cell_ping`; returns how many answered and the failures."""
+    ok, failed = 0, []
+    for n, con in cons.items():
+        for d in [a for m, a in addrs.items() if m != n] + [host_addr]:
+            try:
+                cell_ping(con, d)
+                ok += 1
+            except AssertionError as e:
+                failed.append(str(e))
+    return ok, failed
+
+
 def tcp_echo(ns: h.Netns, addr: str, port: int, payload: str) -> str:
     """Sends `payload` to a TCP echo service from inside `ns`; returns what came back."""
     code = (f"import socket; s = socket.create_connection(('{addr}', {port}), timeout=5); "
