@@ -1191,6 +1191,8 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
     let mut more = false;
     let mut no_buffer_logged = false;
     let mut idle_wakeups = 0u32;
+    // Since when the thread has received full budgets back to back (None: it went idle).
+    let mut busy_since: Option<u64> = None;
     loop {
         let iface = d.iface.load(Ordering::Acquire);
         if !more {
@@ -1230,14 +1232,26 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
             // SAFETY: plain sleep of the link thread.
             unsafe { sys::k_sleep(sys::msec(1)) };
         }
+        if !matches!(result, RoundResult::More) {
+            busy_since = None;
+        }
         more = match result {
             RoundResult::Idle => false,
             RoundResult::More => {
                 // A full budget and more waiting: let threads of our priority (the
                 // application's, when it shares it) take what we delivered before the next
-                // batch.
-                // SAFETY: plain yield of the link thread.
-                unsafe { sys::k_yield() };
+                // batch. A streak longer than ETH_IVNET_RX_BUSY_MS (a peer flooding the link
+                // with frames the stack drops) also lets lower priorities run: one tick off.
+                let t = now();
+                let since = *busy_since.get_or_insert(t);
+                if t.saturating_sub(since) >= u64::from(sys::IVNET_RX_BUSY_MS) {
+                    busy_since = None;
+                    // SAFETY: plain sleep of the link thread.
+                    unsafe { sys::k_sleep(sys::msec(1)) };
+                } else {
+                    // SAFETY: plain yield of the link thread.
+                    unsafe { sys::k_yield() };
+                }
                 true
             }
             RoundResult::NoBuffer => {
