@@ -64,6 +64,19 @@ if grep -q '^    unpack_edk2_blobs = bzip2.found()' "$src/meson.build"; then
   sed -i 's/^    unpack_edk2_blobs = bzip2.found()/    unpack_edk2_blobs = false # ivnet: the +ds tarball has no EDK2 blobs/' "$src/meson.build"
 fi
 
+# The project's devices (qemu/ in the tree): the ivshmem 2.0 device, with its Kconfig symbol and
+# meson line. Copied only when changed, so that ninja rebuilds only what did.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if ! cmp -s "$here/qemu/hw/misc/ivshmem2-pci.c" "$src/hw/misc/ivshmem2-pci.c"; then
+  cp "$here/qemu/hw/misc/ivshmem2-pci.c" "$src/hw/misc/ivshmem2-pci.c"
+fi
+if ! grep -q '^config IVSHMEM2_DEVICE' "$src/hw/misc/Kconfig"; then
+  printf '\nconfig IVSHMEM2_DEVICE\n    bool\n    default y if PCI_DEVICES\n    depends on PCI && LINUX && IVSHMEM && MSI_NONBROKEN\n' >>"$src/hw/misc/Kconfig"
+fi
+if ! grep -q 'ivshmem2-pci.c' "$src/hw/misc/meson.build"; then
+  printf "system_ss.add(when: 'CONFIG_IVSHMEM2_DEVICE', if_true: files('ivshmem2-pci.c'))\n" >>"$src/hw/misc/meson.build"
+fi
+
 # Configure (aarch64 system emulation only, seccomp for -sandbox) when the options changed,
 # then build incrementally.
 opts="--target-list=aarch64-softmmu --enable-seccomp --disable-docs --disable-tools --disable-user --disable-install-blobs --disable-werror --python=/usr/bin/python3 --disable-download"
