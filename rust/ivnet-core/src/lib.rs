@@ -10,7 +10,8 @@
 //! - [`liveness`]: judging a peer that stays in RUN but stops completing frames;
 //! - [`ratelimit`]: one log message per interval for errors a peer can trigger;
 //! - [`cell`]: the configuration file the host hands a cell (MAC, addresses) through fw_cfg;
-//! - [`v1`]: the control page that lets the protocol run on upstream QEMU's ivshmem-doorbell.
+//! - [`v1`]: the control page that lets the protocol run on upstream QEMU's ivshmem-doorbell;
+//! - [`v2`]: the state table and output sections of ivshmem 2.0 (Jailhouse, QEMU `ivshmem2`).
 //!
 //! Everything the peer writes is validated before use; each violation is a
 //! [`ProtocolError`] variant (the caller logs it and resets the link), never a panic.
@@ -44,5 +45,6 @@ pub mod state;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testmem;
 pub mod v1;
+pub mod v2;
 
 pub use error::ProtocolError;

@@ -1,5 +1,7 @@
 //! One end of an ivshmem-net link on the host, over the flat v1 region an ivnet server
-//! manages: the slot lookup, the link state machine and the two queues.
+//! manages (the slot lookup in its owner table) or over ivshmem 2.0 memory (the id is the
+//! slot; the host peer writes its state-table entry as a device would): the link state machine
+//! and the two queues.
 //!
 //! A [`Link`] knows nothing about where frames come from or go to; [`crate::bridge`] connects
 //! it to a TAP device, and tests connect two of them to each other.
@@ -8,9 +10,10 @@ use std::io;
 
 use ivnet_core::queue::{Queues, RxFrame, MIN_FRAME};
 use ivnet_core::ratelimit::RateLimit;
-use ivnet_core::shm::Region;
+use ivnet_core::shm::{OutOfBounds, Region};
 use ivnet_core::state::{settle, LinkState, Transition};
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
+use ivnet_core::v2::{V2Region, PROTOCOL_NET};
 use ivnet_core::ProtocolError;
 use log::{error, info};
 
@@ -54,12 +57,36 @@ pub fn millis() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// Where the state words live: the v1 control page (by slot) or the v2 state table (by id).
+#[derive(Clone, Copy)]
+enum Layout {
+    V1 { v1: V1Region<'static>, slot: usize },
+    V2(V2Region<'static>),
+}
+
+impl Layout {
+    fn peer_state(&self) -> Result<LinkState, ProtocolError> {
+        match self {
+            Layout::V1 { v1, slot } => v1.peer_state(*slot),
+            Layout::V2(v2) => v2.peer_state(),
+        }
+    }
+
+    fn set_state(&self, raw: u32) -> Result<(), OutOfBounds> {
+        match self {
+            Layout::V1 { v1, slot } => v1.set_state(*slot, raw),
+            // Whether it changed does not matter: the caller rings after every transition.
+            Layout::V2(v2) => v2.set_state(raw).map(|_| ()),
+        }
+    }
+}
+
 /// One end of a link.
 pub struct Link {
     /// The link's views of the client's mapping. They are `'static` only inside this struct:
     /// the Link owns the client, so the memory stays mapped while they exist, and no method
     /// hands a region out for longer than a borrow of the Link.
-    v1: V1Region<'static>,
+    layout: Layout,
     queues: Queues<'static, Vec<u32>>,
     client: Client,
     slot: usize,
@@ -81,13 +108,37 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl Link {
-    /// Takes over a connected client: finds our slot in the owner table and lays the queues
-    /// over our section and the other slot's.
+    /// Takes over a connected client: finds our slot in the owner table (v1; on v2 the id is
+    /// the slot) and lays the queues over our section and the other slot's.
     pub fn new(client: Client) -> io::Result<Link> {
         // SAFETY: the region lives in the mapping of `client`, which the Link owns (moving the
-        // client does not move the memory); the Link uses it only through `v1` and `queues`,
-        // which are private, and lends it out only as `&Region<'_>` borrowed from the Link.
+        // client does not move the memory); the Link uses it only through `layout` and
+        // `queues`, which are private, and lends it out only as `&Region<'_>` borrowed from
+        // the Link.
         let region = unsafe { client.mapping().region_unbounded() };
+        if let Some(info) = client.v2() {
+            if info.protocol != PROTOCOL_NET {
+                return Err(invalid(format!(
+                    "the ivshmem 2.0 link carries protocol {:#06x}, not ivshmem-net ({PROTOCOL_NET:#06x})",
+                    info.protocol
+                )));
+            }
+            let out = usize::try_from(info.output_section_size)
+                .map_err(|_| invalid("output section size out of range".into()))?;
+            let v2 = V2Region::new(region, client.id(), info.max_peers, out)
+                .map_err(|e| invalid(format!("shared memory from the server: {e}")))?;
+            let own = v2.section(v2.id()).map_err(|e| invalid(format!("{e:?}")))?;
+            let peer = v2
+                .section(v2.peer())
+                .map_err(|e| invalid(format!("{e:?}")))?;
+            if info.vectors < 2 {
+                return Err(invalid(format!(
+                    "the ivshmem 2.0 link has {} vector(s): the host peer needs 2 (state, data)",
+                    info.vectors
+                )));
+            }
+            return Link::finish(client, Layout::V2(v2), v2.id() as usize, own, peer);
+        }
         let v1 = V1Region::new(region)
             .map_err(|e| invalid(format!("shared memory from the server: {e}")))?;
         // A peer may have scribbled over the owner table; an ivnet server puts it back within
@@ -114,11 +165,21 @@ impl Link {
         let peer = v1
             .section(1 - slot)
             .map_err(|e| invalid(format!("{e:?}")))?;
+        Link::finish(client, Layout::V1 { v1, slot }, slot, own, peer)
+    }
+
+    fn finish(
+        client: Client,
+        layout: Layout,
+        slot: usize,
+        own: Region<'static>,
+        peer: Region<'static>,
+    ) -> io::Result<Link> {
         let slots = vec![0u32; Queues::<Vec<u32>>::slots_needed(own.len())];
         let queues = Queues::new(own, peer, slots).map_err(|e| invalid(e.to_string()))?;
         let link = Link {
             client,
-            v1,
+            layout,
             slot,
             queues,
             state: LinkState::Reset,
@@ -129,7 +190,16 @@ impl Link {
             stats: Stats::default(),
         };
         link.publish_state(LinkState::Reset);
-        info!("link: id {} in slot {}", link.client.id(), slot);
+        info!(
+            "link: id {} in slot {}{}",
+            link.client.id(),
+            slot,
+            if link.client.v2().is_some() {
+                " (ivshmem 2.0)"
+            } else {
+                ""
+            }
+        );
         Ok(link)
     }
 
@@ -159,11 +229,14 @@ impl Link {
     }
 
     fn peer_id(&self) -> Option<u32> {
-        self.v1.owner(1 - self.slot).ok().flatten()
+        match &self.layout {
+            Layout::V1 { v1, slot } => v1.owner(1 - slot).ok().flatten(),
+            Layout::V2(v2) => Some(v2.peer()),
+        }
     }
 
     fn publish_state(&self, s: LinkState) {
-        let _ = self.v1.set_state(self.slot, s.raw());
+        let _ = self.layout.set_state(s.raw());
     }
 
     /// Rings the peer's vector `v`, if there is a peer.
@@ -197,17 +270,16 @@ impl Link {
         let before = self.state;
         let mut effects: Vec<Transition> = Vec::new();
         let queues = &mut self.queues;
-        let v1 = self.v1;
-        let slot = self.slot;
+        let layout = self.layout;
         let r = settle(
             self.state,
             self.up,
-            || v1.peer_state(slot),
+            || layout.peer_state(),
             |_, t| {
                 if t.reset_queues {
                     queues.reset()?;
                 }
-                v1.set_state(slot, t.next.raw())?;
+                layout.set_state(t.next.raw())?;
                 effects.push(*t);
                 Ok(())
             },

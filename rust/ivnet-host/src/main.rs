@@ -43,6 +43,10 @@ enum Cmd {
         /// must be able to). 600: only the user running the server.
         #[arg(long, default_value = "600", value_parser = parse_mode)]
         socket_mode: u32,
+        /// The ivshmem device generation of the peers: 1 for upstream QEMU's
+        /// ivshmem-doorbell, 2 for ivshmem 2.0 (the project's QEMU device `ivshmem2`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        ivshmem: u8,
     },
     /// Join a link as the host peer and bridge it to a TAP device. SIGUSR1 logs its counters.
     Peer {
@@ -52,7 +56,8 @@ enum Cmd {
         /// TAP device to create or attach to.
         #[arg(long, short)]
         tap: String,
-        /// Interrupt vectors per peer (must match the server's).
+        /// Interrupt vectors per peer (must match the server's; an ivshmem 2.0 server says
+        /// how many itself).
         #[arg(long, default_value_t = 2)]
         vectors: u16,
     },
@@ -342,7 +347,13 @@ fn main() -> ExitCode {
             size,
             vectors,
             socket_mode,
+            ivshmem,
         } => server::Server::new(server::ServerConfig {
+            ivshmem: if ivshmem == 2 {
+                server::Ivshmem::V2
+            } else {
+                server::Ivshmem::V1
+            },
             socket,
             size,
             vectors,

@@ -40,7 +40,7 @@ use crate::link::{Link, Stats};
 use crate::names::check_ifname;
 use crate::nft;
 use crate::observe::{Counts, LinkObserver};
-use crate::server::{Server, ServerConfig};
+use crate::server::{Ivshmem, Server, ServerConfig};
 use crate::tap::Tap;
 use crate::topology::{self, fmt_mac, Addressing, End, Topology};
 use crate::{bridge, netcfg};
@@ -413,6 +413,7 @@ impl Supervisor {
         let mut observers = Vec::new();
         for (i, l) in self.topo.links.clone().iter().enumerate() {
             let server = Server::new(ServerConfig {
+                ivshmem: Ivshmem::V1,
                 socket: self.paths.link(i),
                 size: l.size,
                 vectors: 2,

@@ -1,5 +1,14 @@
-//! An ivshmem server for QEMU's `ivshmem-doorbell` that also plays the hypervisor's part for
-//! an ivshmem-net link on the flat v1 region (see [`ivnet_core::v1`]).
+//! An ivshmem server that plays the hypervisor's part for an ivshmem-net link: for QEMU's
+//! `ivshmem-doorbell` on the flat v1 region (see [`ivnet_core::v1`]), or for the project's
+//! ivshmem 2.0 device `ivshmem2` (see [`ivnet_core::v2`] and [`crate::proto::v2`]).
+//!
+//! On ivshmem 2.0 ([`Ivshmem::V2`]) ids are state-table indices: a newcomer gets the lowest
+//! free one (0 or 1), INIT with the memory (state table + two output sections, sized as the v1
+//! layout of `size` would place them), then the other peer's eventfds and its own; the other
+//! peer gets the newcomer's. When a peer leaves, its state entry is zeroed before the survivor
+//! hears PEER_GONE (its device then raises its state vector). There is no owner table. The rest
+//! of this list is about v1; the non-blocking peers and the refusal of a third peer hold for
+//! both.
 //!
 //! - Ids only grow: QEMU frees a departed peer's eventfds without forgetting them and crashes
 //!   when the same id comes back, so an id is never handed out twice. QEMU's doorbell register
@@ -17,27 +26,43 @@
 //! - The owner table is put back whenever a peer overwrote it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ivnet_core::ratelimit::RateLimit;
+use ivnet_core::shm::OutOfBounds;
 use ivnet_core::v1::{self, V1Region, SLOTS, VECTOR_STATE};
 use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::mapping::{memfd, Mapping};
+use crate::proto::v2 as pv2;
 use crate::proto::{send_msg, PROTOCOL_VERSION};
+
+/// Which ivshmem device the link's peers have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ivshmem {
+    /// Upstream QEMU's `ivshmem-doorbell` (ids only grow, the v1 control page).
+    #[default]
+    V1,
+    /// ivshmem 2.0: the project's QEMU `ivshmem2` device (ids are state-table indices).
+    V2,
+}
 
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The device generation the peers speak.
+    pub ivshmem: Ivshmem,
     /// Path of the UNIX socket QEMU and host peers connect to.
     pub socket: PathBuf,
-    /// Size of the shared memory (a power of two, at least [`v1::min_region_size`]).
+    /// Size of the shared memory window (a power of two, at least [`v1::min_region_size`]).
+    /// On ivshmem 2.0 the memory is the state table and the two output sections the v1
+    /// layout of this size has (0xff000 bytes for 1 MiB: Jailhouse's ivshmem-net layout).
     pub size: usize,
     /// Interrupt vectors per peer (ivshmem-net uses 2: state and data).
     pub vectors: u16,
@@ -155,12 +180,18 @@ impl Server {
         let listener = bind_socket(&cfg.socket)?;
         set_mode(&cfg.socket, cfg.socket_mode)?;
         listener.set_nonblocking(true)?;
-        let shm = memfd("ivnet-shm", cfg.size)?;
-        let map = Mapping::new(&shm, cfg.size)?;
+        let mem = memory_size(&cfg);
+        let shm = memfd("ivnet-shm", mem)?;
+        let map = Mapping::new(&shm, mem)?;
         info!(
-            "ivshmem server on {}: {} bytes, {} vectors, sections of {:#x}",
+            "ivshmem{} server on {}: {} bytes, {} vectors, sections of {:#x}",
+            if cfg.ivshmem == Ivshmem::V2 {
+                " 2.0"
+            } else {
+                ""
+            },
             cfg.socket.display(),
-            cfg.size,
+            mem,
             cfg.vectors,
             v1::section_size(cfg.size)
         );
@@ -179,11 +210,12 @@ impl Server {
 
     /// A read-only observer of the link's region (see [`crate::observe`]).
     pub fn observer(&self) -> io::Result<crate::observe::LinkObserver> {
-        crate::observe::LinkObserver::new(&self.shm, self.cfg.size)
+        crate::observe::LinkObserver::new(&self.shm, memory_size(&self.cfg))
     }
 
-    fn v1(&self) -> V1Region<'_> {
-        v1_of(&self.map)
+    /// The device generation this server serves.
+    pub fn ivshmem(&self) -> Ivshmem {
+        self.cfg.ivshmem
     }
 
     /// Serves until `stop` becomes true (checked at least every 200 ms).
@@ -252,6 +284,9 @@ impl Server {
     /// overwritten by a peer, and is put back (owner words only), and both peers are rung to
     /// look again. Checked at every round of the server (at least every 200 ms).
     fn repair_owners(&mut self) {
+        if self.cfg.ivshmem == Ivshmem::V2 {
+            return; // no owner table: ids are the slots
+        }
         let v1 = v1_of(&self.map);
         let mut repaired = false;
         for slot in 0..SLOTS {
@@ -311,7 +346,7 @@ impl Server {
             }
             return; // dropping the stream closes it
         };
-        if self.next_id > MAX_PEER_ID {
+        if self.cfg.ivshmem == Ivshmem::V1 && self.next_id > MAX_PEER_ID {
             if let Some(n) = self.refusal_log.check(crate::link::millis()) {
                 warn!(
                     "refusing a peer: ids 0-{MAX_PEER_ID} are used up (QEMU can ring no higher \
@@ -325,8 +360,14 @@ impl Server {
             }
             return;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = match self.cfg.ivshmem {
+            Ivshmem::V1 => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+            // The state-table index; the device copes with an id coming back.
+            Ivshmem::V2 => slot as u32,
+        };
         let vectors: Result<Vec<EventFd>, _> = (0..self.cfg.vectors)
             .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC))
             .collect();
@@ -338,7 +379,7 @@ impl Server {
             }
         };
         // Record the owner (and zero its state word) before the newcomer learns its id.
-        if let Err(e) = v1_of(&self.map).set_owner(slot, Some(id)) {
+        if let Err(e) = self.set_owner(slot, Some(id)) {
             warn!("peer {id}: owner table: {e:?}");
             return;
         }
@@ -350,22 +391,22 @@ impl Server {
         };
         if let Err(e) = self.greet(&peer) {
             warn!("peer {id}: setup failed: {e}");
-            let _ = v1_of(&self.map).set_owner(slot, None);
+            let _ = self.set_owner(slot, None);
             return;
         }
         // Tell everyone else about the newcomer's vectors.
         let mut broken = Vec::new();
         for other in &self.peers {
-            for v in &peer.vectors {
-                if send_msg(other.stream.as_fd(), id as i64, Some(v.as_fd())).is_err() {
-                    broken.push(other.id);
-                    break;
-                }
+            if announce(self.cfg.ivshmem, other, &peer).is_err() {
+                broken.push(other.id);
             }
         }
         info!("peer {id} joined, slot {slot}");
-        for other in &self.peers {
-            ring(other, VECTOR_STATE);
+        if self.cfg.ivshmem == Ivshmem::V1 {
+            // On v2 a newcomer changes no state entry (its device rings when it writes one).
+            for other in &self.peers {
+                ring(other, VECTOR_STATE);
+            }
         }
         self.peers.push(peer);
         for b in broken {
@@ -373,8 +414,31 @@ impl Server {
         }
     }
 
+    /// v1: records the owner of `slot` (zeroing its state word); v2: zeroes the state entry
+    /// of the id (= slot) alone.
+    fn set_owner(&self, slot: usize, id: Option<u32>) -> Result<(), OutOfBounds> {
+        match self.cfg.ivshmem {
+            Ivshmem::V1 => v1_of(&self.map).set_owner(slot, id),
+            Ivshmem::V2 => self.map.region().store_u32(4 * slot, 0),
+        }
+    }
+
     fn greet(&self, peer: &Peer) -> io::Result<()> {
         let s = peer.stream.as_fd();
+        if self.cfg.ivshmem == Ivshmem::V2 {
+            let init = pv2::Msg::Init {
+                id: peer.id,
+                max_peers: SLOTS as u32,
+                vectors: u32::from(self.cfg.vectors),
+                protocol: ivnet_core::v2::PROTOCOL_NET,
+                output_section_size: v1::section_size(self.cfg.size) as u64,
+            };
+            pv2::send(s, &init, Some(self.shm.as_fd()))?;
+            for other in &self.peers {
+                send_vectors_v2(s, other)?;
+            }
+            return send_vectors_v2(s, peer);
+        }
         send_msg(s, PROTOCOL_VERSION, None)?;
         send_msg(s, peer.id as i64, None)?;
         send_msg(s, -1, Some(self.shm.as_fd()))?;
@@ -417,14 +481,21 @@ impl Server {
             return;
         };
         let gone = self.peers.remove(i);
-        let _ = self.v1().set_owner(gone.slot, None);
+        let _ = self.set_owner(gone.slot, None);
         info!("peer {id} left, slot {} free", gone.slot);
         let mut broken = Vec::new();
         for other in &self.peers {
-            if send_msg(other.stream.as_fd(), id as i64, None).is_err() {
+            let sent = match self.cfg.ivshmem {
+                Ivshmem::V1 => send_msg(other.stream.as_fd(), id as i64, None),
+                // The device raises its own state vector on PEER_GONE.
+                Ivshmem::V2 => pv2::send(other.stream.as_fd(), &pv2::Msg::PeerGone { id }, None),
+            };
+            if sent.is_err() {
                 broken.push(other.id);
             }
-            ring(other, VECTOR_STATE);
+            if self.cfg.ivshmem == Ivshmem::V1 {
+                ring(other, VECTOR_STATE);
+            }
         }
         for b in broken {
             self.remove_peer(b);
@@ -439,6 +510,39 @@ impl Server {
     /// The socket's raw fd (for tests that poll it).
     pub fn listener_fd(&self) -> i32 {
         self.listener.as_raw_fd()
+    }
+}
+
+/// Bytes of shared memory the server hands out.
+fn memory_size(cfg: &ServerConfig) -> usize {
+    match cfg.ivshmem {
+        Ivshmem::V1 => cfg.size,
+        Ivshmem::V2 => ivnet_core::v2::memory_size(v1::section_size(cfg.size)),
+    }
+}
+
+/// Sends `whose` eventfds (one EVENT_FD message each) on `to`.
+fn send_vectors_v2(to: BorrowedFd<'_>, whose: &Peer) -> io::Result<()> {
+    for (v, fd) in whose.vectors.iter().enumerate() {
+        let m = pv2::Msg::EventFd {
+            id: whose.id,
+            vector: v as u32,
+        };
+        pv2::send(to, &m, Some(fd.as_fd()))?;
+    }
+    Ok(())
+}
+
+/// Tells `other` the newcomer's eventfds.
+fn announce(ivshmem: Ivshmem, other: &Peer, newcomer: &Peer) -> io::Result<()> {
+    match ivshmem {
+        Ivshmem::V1 => {
+            for v in &newcomer.vectors {
+                send_msg(other.stream.as_fd(), newcomer.id as i64, Some(v.as_fd()))?;
+            }
+            Ok(())
+        }
+        Ivshmem::V2 => send_vectors_v2(other.stream.as_fd(), newcomer),
     }
 }
 

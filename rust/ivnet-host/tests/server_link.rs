@@ -9,7 +9,7 @@ use ivnet_core::state::LinkState;
 use ivnet_core::v1::{V1Region, VECTOR_STATE};
 use ivnet_host::client::{drain_eventfd, Client, ServerEvent};
 use ivnet_host::link::Link;
-use ivnet_host::server::{Server, ServerConfig, ServerError};
+use ivnet_host::server::{Ivshmem, Server, ServerConfig, ServerError};
 
 mod common;
 use common::{link_up, start, wait_for, TempDir};
@@ -138,6 +138,7 @@ fn two_links_exchange_frames_both_ways() {
 fn bad_settings_are_named() {
     let dir = TempDir::new("bad");
     let cfg = |size, socket: PathBuf| ServerConfig {
+        ivshmem: Ivshmem::V1,
         socket,
         size,
         vectors: 2,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ivnet_host::link::Link;
-use ivnet_host::server::{Server, ServerConfig};
+use ivnet_host::server::{Ivshmem, Server, ServerConfig};
 
 /// A server running on its own thread; stopped and joined when dropped.
 pub struct Running {
@@ -50,11 +50,26 @@ pub fn start(tag: &str, size: usize) -> Running {
     start_observed(tag, size).0
 }
 
+/// Starts an ivshmem 2.0 server for one link of a `size` window.
+pub fn start_v2(tag: &str, size: usize) -> Running {
+    start_with(tag, size, Ivshmem::V2).0
+}
+
 /// Starts a server for one link of `size` bytes, with a host observer of its region.
 pub fn start_observed(tag: &str, size: usize) -> (Running, ivnet_host::observe::LinkObserver) {
+    start_with(tag, size, Ivshmem::V1)
+}
+
+/// Starts a server of either generation, with a host observer of its region.
+pub fn start_with(
+    tag: &str,
+    size: usize,
+    ivshmem: Ivshmem,
+) -> (Running, ivnet_host::observe::LinkObserver) {
     let dir = TempDir::new(tag);
     let path = dir.0.join("link.sock");
     let server = Server::new(ServerConfig {
+        ivshmem,
         socket: path.clone(),
         size,
         vectors: 2,
