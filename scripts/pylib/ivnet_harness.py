@@ -30,6 +30,18 @@ def ivnet_bin() -> Path:
     return b
 
 
+def qemu_v2() -> str | None:
+    """The project's QEMU build, which has the ivshmem 2.0 device `ivshmem2`
+    (scripts/qemu-build.sh): $IVNET_QEMU_V2, else the newest build in the cache; None when
+    there is none."""
+    env = os.environ.get("IVNET_QEMU_V2")
+    if env:
+        return env
+    cache = Path(os.environ.get("IVNET_QEMU_CACHE", Path.home() / ".cache/ivnet/qemu"))
+    builds = sorted(cache.glob("build-*/qemu-system-aarch64"))
+    return str(builds[-1]) if builds else None
+
+
 def wait_path(p: Path, timeout: float = 10.0) -> None:
     end = time.time() + timeout
     while not p.exists():
@@ -105,13 +117,14 @@ class Server:
         self.close()
 
 
-    def __init__(self, socket_path: Path, log: Path, size: str = "1M"):
+    def __init__(self, socket_path: Path, log: Path, size: str = "1M", ivshmem: int = 1):
+        """`ivshmem`: 1 for QEMU's ivshmem-doorbell, 2 for the project's ivshmem2 device."""
         self.socket = socket_path
         self.log = log
         if socket_path.exists():
             socket_path.unlink()
         self.proc = subprocess.Popen([str(ivnet_bin()), "server", "--socket", str(socket_path),
-                                      "--size", size],
+                                      "--size", size, "--ivshmem", str(ivshmem)],
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT)
         wait_path(socket_path)
 
@@ -227,8 +240,10 @@ class Vm(Console):
 
     def __init__(self, elf: Path, links: list[Path], workdir: Path, name: str = "vm",
                  virtio_tap: tuple[Netns, str] | None = None, monitor: bool = False,
-                 extra_args: list[str] | None = None):
-        """`links`: ivnet server sockets, one ivshmem-doorbell device each. `virtio_tap`:
+                 extra_args: list[str] | None = None,
+                 device: str = "ivshmem-doorbell,vectors=2", qemu_bin: str | None = None):
+        """`links`: ivnet server sockets, one `device` each (ivshmem-doorbell; "ivshmem2" or
+        "ivshmem2,msix=off" with `qemu_bin` = qemu_v2() for ivshmem 2.0). `virtio_tap`:
         (namespace, TAP name) for a virtio-net NIC instead (the benchmark baseline); QEMU then
         runs inside that namespace. `monitor`: a QEMU monitor socket (see `monitor()`).
         `extra_args`: more QEMU options (traces, logs)."""
@@ -241,13 +256,13 @@ class Vm(Console):
         # connect attempts.
         self.con_path.unlink(missing_ok=True)
         mon = f"unix:{self.mon_path},server=on,wait=off" if monitor else "none"
-        qemu = ["qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
+        qemu = [qemu_bin or "qemu-system-aarch64", "-cpu", "cortex-a53", "-nographic",
                 "-global", "virtio-mmio.force-legacy=false",
                 "-machine", "virt,gic-version=3", "-net", "none", "-monitor", mon,
                 "-chardev", f"socket,id=con,path={self.con_path},server=on,wait=on",
                 "-serial", "chardev:con"]
         for i, link in enumerate(links):
-            qemu += ["-device", f"ivshmem-doorbell,vectors=2,chardev=ivs{i}",
+            qemu += ["-device", f"{device},chardev=ivs{i}",
                      "-chardev", f"socket,path={link},id=ivs{i}"]
         if virtio_tap:
             qemu += ["-netdev", f"tap,id=n0,ifname={virtio_tap[1]},script=no,downscript=no",

@@ -229,12 +229,53 @@ struct CellProc {
     exits: u64,
 }
 
+/// The QEMU with the project's ivshmem 2.0 device: $IVNET_QEMU_V2, else the newest build of
+/// scripts/qemu-build.sh in the invoking user's cache (~/.cache/ivnet/qemu, also when run with
+/// sudo), else none.
+fn qemu_v2() -> Option<String> {
+    if let Ok(q) = std::env::var("IVNET_QEMU_V2") {
+        return Some(q);
+    }
+    let mut homes: Vec<PathBuf> = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Ok(u) = std::env::var("SUDO_USER") {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(&u) {
+            homes.push(user.dir);
+        }
+    }
+    for h in homes {
+        let cache = h.join(".cache/ivnet/qemu");
+        let Ok(rd) = fs::read_dir(&cache) else {
+            continue;
+        };
+        let mut builds: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("qemu-system-aarch64"))
+            .filter(|p| {
+                p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n.to_string_lossy().starts_with("build-"))
+                    && p.is_file()
+            })
+            .collect();
+        builds.sort();
+        if let Some(b) = builds.pop() {
+            return Some(b.to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
 /// The supervisor of one network.
 pub struct Supervisor {
     topo: Topology,
     paths: Paths,
     metrics_addr: String,
     qemu: String,
+    /// The QEMU with the project's ivshmem 2.0 device, for cells on `ivshmem = 2` links.
+    qemu_v2: Option<String>,
     /// The user the cells' QEMUs drop to (when the supervisor runs as root).
     qemu_user: Option<String>,
     stop: Arc<AtomicBool>,
@@ -286,6 +327,7 @@ impl Supervisor {
             paths,
             metrics_addr,
             qemu: std::env::var("IVNET_QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
+            qemu_v2: qemu_v2(),
             qemu_user: None,
             stop: Arc::new(AtomicBool::new(false)),
             record: Record {
@@ -347,6 +389,15 @@ impl Supervisor {
     }
 
     fn try_up(&mut self) -> io::Result<()> {
+        if let Some(i) = self.topo.links.iter().position(|l| l.ivshmem == 2) {
+            if self.qemu_v2.is_none() {
+                return Err(err(format!(
+                    "link {i} is ivshmem 2.0: that needs the project's QEMU with the ivshmem2 \
+                     device (scripts/qemu-build.sh builds it into ~/.cache/ivnet/qemu; or set \
+                     IVNET_QEMU_V2 to its qemu-system-aarch64)"
+                )));
+            }
+        }
         self.copy_images()?;
         let h = self.topo.host.clone();
         // Names we are about to create must be free: never take over someone else's device.
@@ -413,7 +464,11 @@ impl Supervisor {
         let mut observers = Vec::new();
         for (i, l) in self.topo.links.clone().iter().enumerate() {
             let server = Server::new(ServerConfig {
-                ivshmem: Ivshmem::V1,
+                ivshmem: if l.ivshmem == 2 {
+                    Ivshmem::V2
+                } else {
+                    Ivshmem::V1
+                },
                 socket: self.paths.link(i),
                 size: l.size,
                 vectors: 2,
@@ -595,7 +650,11 @@ impl Supervisor {
         )?;
         let con = self.paths.console(&c.name);
         let _ = fs::remove_file(&con);
-        let mut cmd = Command::new(&self.qemu);
+        let ifaces = self.topo.cell_ifaces(i);
+        let v2 = ifaces
+            .first()
+            .is_some_and(|f| self.topo.links[f.link].ivshmem == 2);
+        let mut cmd = Command::new(self.qemu_for(v2));
         cmd.args([
             "-cpu",
             "cortex-a53",
@@ -611,14 +670,18 @@ impl Supervisor {
             self.paths.console_log(&c.name).display()
         ))
         .args(["-serial", "chardev:con"]);
-        for (k, f) in self.topo.cell_ifaces(i).iter().enumerate() {
+        for (k, f) in ifaces.iter().enumerate() {
             cmd.arg("-chardev")
                 .arg(format!(
                     "socket,path={},id=ivs{k}",
                     self.paths.link(f.link).display()
                 ))
                 .arg("-device")
-                .arg(format!("ivshmem-doorbell,vectors=2,chardev=ivs{k}"));
+                .arg(if self.topo.links[f.link].ivshmem == 2 {
+                    format!("ivshmem2,chardev=ivs{k}")
+                } else {
+                    format!("ivshmem-doorbell,vectors=2,chardev=ivs{k}")
+                });
         }
         cmd.arg("-fw_cfg").arg(format!(
             "name={},file={}",
@@ -641,12 +704,21 @@ impl Supervisor {
         Ok(cmd)
     }
 
+    /// The QEMU binary for a cell (on ivshmem 2.0 links or not).
+    fn qemu_for(&self, v2: bool) -> &str {
+        match (&self.qemu_v2, v2) {
+            (Some(q), true) => q,
+            _ => &self.qemu,
+        }
+    }
+
     fn start_cell(&mut self, i: usize) -> io::Result<()> {
         let name = self.topo.cells[i].name.clone();
         let mut cmd = self.qemu_command(i)?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| err(format!("cell {name}: {}: {e}", self.qemu)))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            let prog = cmd.get_program().to_string_lossy().into_owned();
+            err(format!("cell {name}: {prog}: {e}"))
+        })?;
         let pid = child.id();
         // Recorded at once, so that no path (a kill of the supervisor included) leaks it.
         self.note_process(format!("cell {name}"), pid);

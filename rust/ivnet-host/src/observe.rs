@@ -12,7 +12,8 @@ use std::io;
 use std::os::fd::AsFd;
 
 use ivnet_core::geometry::Geometry;
-use ivnet_core::v1::V1Region;
+use ivnet_core::v1::{self, V1Region};
+use ivnet_core::v2::V2Region;
 
 use crate::mapping::Mapping;
 
@@ -40,7 +41,7 @@ pub struct Counts {
     pub src_macs: [Option<[u8; 6]>; 2],
 }
 
-/// A read-only observer of one v1 link region.
+/// A read-only observer of one link's memory (v1 region or ivshmem 2.0).
 pub struct LinkObserver {
     map: Mapping,
     last_idx: [Option<u16>; 2],
@@ -61,24 +62,42 @@ impl LinkObserver {
 
     /// Takes one sample: new frames and bytes per slot, state changes.
     pub fn sample(&mut self) {
-        let Ok(v1) = V1Region::new(self.map.region()) else {
-            return;
+        // A v1 region (a power of two with the owner table), or ivshmem 2.0 memory (the state
+        // table and two sections: no owners; a restarted end shows as its queue reset).
+        let region = self.map.region();
+        let v1 = V1Region::new(region).ok();
+        let v2 = match v1 {
+            Some(_) => None,
+            None => V2Region::new(region, 0, 2, v1::section_size(region.len())).ok(),
         };
+        if v1.is_none() && v2.is_none() {
+            return;
+        }
         for slot in 0..2 {
-            let owner = v1.owner(slot).ok().flatten();
+            let owner = v1.and_then(|v| v.owner(slot).ok().flatten());
             if owner != self.counts.owners[slot] {
                 // A new peer in the slot starts its queue from zero.
                 self.counts.owners[slot] = owner;
                 self.counts.src_macs[slot] = None;
                 self.last_idx[slot] = None;
             }
-            if let Ok(st) = v1.state(slot) {
+            let st = match (&v1, &v2) {
+                (Some(v), _) => v.state(slot),
+                (None, Some(v)) => v.state(slot as u32),
+                (None, None) => continue,
+            };
+            if let Ok(st) = st {
                 if st != self.counts.states[slot] {
                     self.counts.states[slot] = st;
                     self.counts.state_changes += 1;
                 }
             }
-            let Ok(sec) = v1.section(slot) else { continue };
+            let sec = match (&v1, &v2) {
+                (Some(v), _) => v.section(slot),
+                (None, Some(v)) => v.section(slot as u32),
+                (None, None) => continue,
+            };
+            let Ok(sec) = sec else { continue };
             let Ok(g) = Geometry::for_section(sec.len()) else {
                 continue;
             };

@@ -29,6 +29,11 @@
 //! A cell<->cell link has its own `subnet` (IPv4), and may have a `subnet6` (an IPv6 /64, with
 //! or without one on the host): its first end takes `::1`, its second `::2`.
 //!
+//! A link is ivshmem v1 (upstream QEMU's ivshmem-doorbell) unless it says `ivshmem = 2`: then
+//! its cells get the project's ivshmem 2.0 device (`ivshmem2`, in the QEMU that
+//! scripts/qemu-build.sh builds) and must run an image built for it (snippet `ivnet-v2-cell`).
+//! All links of one cell use the same generation.
+//!
 //! [`Topology::parse`] checks everything that can be checked without touching the machine and
 //! names the line of the first problem.
 
@@ -120,6 +125,7 @@ struct RawLink {
     size: Spanned<String>,
     subnet: Option<Spanned<String>>,
     subnet6: Option<Spanned<String>>,
+    ivshmem: Option<Spanned<i64>>,
 }
 
 fn one_mib() -> Spanned<String> {
@@ -226,6 +232,8 @@ pub struct Link {
     pub subnet: Option<Subnet>,
     /// A cell<->cell link's IPv6 /64 (ends `::1` and `::2`), if it has one.
     pub subnet6: Option<Ipv6Addr>,
+    /// The ivshmem generation: 1 (QEMU's ivshmem-doorbell) or 2 (ivshmem 2.0, `ivshmem2`).
+    pub ivshmem: u8,
 }
 
 /// ivnet interfaces one cell image carries (the `ivnet-cell` snippet's two links).
@@ -654,8 +662,33 @@ impl Topology {
                     Some(parsed)
                 }
             };
+            let ivshmem = match &l.ivshmem {
+                None => 1,
+                Some(v) if *v.get_ref() == 1 || *v.get_ref() == 2 => *v.get_ref() as u8,
+                Some(v) => {
+                    return lines.err(
+                        v.span(),
+                        format!(
+                            "link {a:?} - {b:?}: ivshmem = {}: 1 (QEMU's ivshmem-doorbell) or 2 (ivshmem 2.0)",
+                            v.get_ref()
+                        ),
+                    )
+                }
+            };
             for e in ends {
                 if let End::Cell(i) = e {
+                    if let Some(o) = links
+                        .iter()
+                        .find(|o: &&Link| o.ends.contains(&e) && o.ivshmem != ivshmem)
+                    {
+                        return lines.err(
+                            l.ends.span(),
+                            format!(
+                                "cell {:?} would be on ivshmem {} and ivshmem {ivshmem} links (its image is built for one generation; another link of it uses {})",
+                                cells[i].name, o.ivshmem, o.ivshmem
+                            ),
+                        );
+                    }
                     if links.iter().filter(|o: &&Link| o.ends.contains(&e)).count()
                         >= MAX_CELL_LINKS
                     {
@@ -671,6 +704,7 @@ impl Topology {
                 size,
                 subnet: link_subnet,
                 subnet6: link_subnet6,
+                ivshmem,
             });
         }
         // A cell on the host bridge needs an address there; one off it must not give one.
@@ -956,6 +990,32 @@ subnet = "10.30.0.0/30"
         assert_eq!(t.links[2].size, 2 << 20);
         assert_eq!(t.host.forwards[0].cell, 0);
         assert_eq!(t.host.forwards[0].proto, "tcp");
+    }
+
+    #[test]
+    fn ivshmem_generation_per_link() {
+        let t = Topology::parse(GOOD, &base()).unwrap();
+        assert!(t.links.iter().all(|l| l.ivshmem == 1), "v1 by default");
+        // Every link of c1 and c2 on ivshmem 2.0.
+        let v2 = GOOD.replace("[[link]]\n", "[[link]]\nivshmem = 2\n");
+        let t = Topology::parse(&v2, &base()).unwrap();
+        assert!(t.links.iter().all(|l| l.ivshmem == 2));
+        let e = bad(
+            "ends = [\"c1\", \"c2\"]",
+            "ends = [\"c1\", \"c2\"]\nivshmem = 3",
+        );
+        assert!(e.message.contains("ivshmem = 3"), "{e}");
+        assert_eq!(e.line, line_of("ends = [\"c1\", \"c2\"]") + 1);
+        // c1's link to the host on v1, its link to c2 on v2: refused, naming the cell.
+        let e = bad(
+            "ends = [\"c1\", \"c2\"]",
+            "ends = [\"c1\", \"c2\"]\nivshmem = 2",
+        );
+        assert!(
+            e.message
+                .contains("cell \"c1\" would be on ivshmem 1 and ivshmem 2"),
+            "{e}"
+        );
     }
 
     /// Replaces `from` with `to` in the good file and returns the error.

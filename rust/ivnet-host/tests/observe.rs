@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{link_up, start_observed, wait_for};
+use common::{link_up, start_observed, start_with, wait_for};
 use ivnet_host::client::Client;
 use ivnet_host::link::Link;
 use ivnet_host::observe::Direction;
+use ivnet_host::server::Ivshmem;
 
 #[test]
 fn counts_frames_bytes_and_state_changes_of_a_link() {
@@ -81,4 +82,36 @@ fn counts_frames_bytes_and_state_changes_of_a_link() {
         obs.sample();
         obs.counts.owners[sb].is_none()
     });
+}
+
+#[test]
+fn counts_an_ivshmem_2_link_too() {
+    let (s, mut obs) = start_with("observe-v2", 1 << 20, Ivshmem::V2);
+    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    obs.sample();
+    link_up(&mut a, &mut b);
+    obs.sample();
+    assert!(obs.counts.state_changes >= 2, "{:?}", obs.counts);
+    assert_eq!(obs.counts.states, [3, 3], "both RUN in the state table");
+    assert_eq!(
+        obs.counts.owners,
+        [None, None],
+        "no owner table on ivshmem 2.0"
+    );
+    for n in [60usize, 1514] {
+        let mut f = vec![0xa5; n];
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
+        assert!(a.send(&f).unwrap());
+    }
+    a.flush_tx();
+    obs.sample();
+    assert_eq!(
+        obs.counts.sent[a.slot()],
+        Direction {
+            frames: 2,
+            bytes: 1574
+        }
+    );
+    assert_eq!(obs.counts.src_macs[a.slot()], Some([2, 0, 0, 0, 0, 0xbb]));
 }
