@@ -5,7 +5,8 @@
 #
 # Then the Zephyr workspace, ~/zephyrproject (or $ZEPHYR_WORKSPACE), when there is none
 # (scripts/workspace.sh: from the local sources that $IVNET_ZEPHYR_SRC and friends name, else
-# from GitHub with west; docs/zephyr-workspace.md), and its Python requirements.
+# from GitHub with west; docs/zephyr-workspace.md), and its Python requirements. An existing
+# workspace only gains the modules it lacks whose local sources are named (IVNET_*_SRC).
 #
 # Usage: scripts/bootstrap.sh            (as root, or with sudo available)
 set -euo pipefail
@@ -115,9 +116,8 @@ if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient, an
   log "installing the benchmark's analysis libraries, the MCUmgr client and ansible-core into $venv"
   "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
 fi
-if [ ! -f "$ws/zephyr/VERSION" ]; then
-  bash "$here/scripts/workspace.sh" || log "WARNING: no Zephyr workspace could be made (above); host-only set-up"
-fi
+# Also with a workspace: it adds the modules that one lacks when their sources are named.
+bash "$here/scripts/workspace.sh" || log "WARNING: no Zephyr workspace could be made or completed (above)"
 if [ -d "$ws/zephyr/scripts" ]; then
   stamp="$venv/.ivnet-reqs"
   if [ ! -f "$stamp" ]; then
@@ -130,6 +130,10 @@ if [ -d "$ws/zephyr/scripts" ]; then
   if [ ! -f "$ws/modules/lib/zcbor/zephyr/module.yml" ]; then
     log "WARNING: no zcbor module at $ws/modules/lib/zcbor: the cell image (MCUmgr) will not build;"
     log "         docs/zephyr-workspace.md says how to add it"
+  fi
+  if [ ! -f "$ws/modules/lib/open-amp/zephyr/module.yml" ] || [ ! -f "$ws/modules/hal/libmetal/zephyr/module.yml" ]; then
+    log "NOTE: no open-amp/libmetal modules in $ws: Zephyr's C eth_ivshmem (-S ivshmem2-eth) will not"
+    log "      build; name IVNET_OPENAMP_SRC and IVNET_LIBMETAL_SRC (docs/zephyr-workspace.md)"
   fi
 else
   log "NOTE: no Zephyr workspace at $ws/zephyr yet (see docs/zephyr-workspace.md); host-only set-up done"

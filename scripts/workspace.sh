@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates the Zephyr workspace (~/zephyrproject, or $ZEPHYR_WORKSPACE) when there is none:
 # Zephyr v4.3.0, and of its modules the ones this project builds with (picolibc, zcbor,
-# zephyr-lang-rust, mbedtls), then `west init -l`. Called by scripts/bootstrap.sh; idempotent (an
-# existing workspace is left as it is).
+# zephyr-lang-rust, mbedtls, open-amp + libmetal), then `west init -l`. Called by
+# scripts/bootstrap.sh; idempotent: an existing workspace keeps what it has, and only gains the
+# modules it lacks whose local sources are named below (nothing is replaced or updated).
 #
 # Two ways, tried in this order:
 # 1. Local sources, when $IVNET_ZEPHYR_SRC names one (machines without GitHub): git
@@ -17,6 +18,10 @@
 #      IVNET_MBEDTLS_SRC     mbedtls (optional)          (ref IVNET_MBEDTLS_REF, default as picolibc's;
 #                            Zephyr's HTTP server sample needs it, for websockets)
 #      IVNET_RUST_SRC        zephyr-lang-rust (optional) (ref IVNET_RUST_REF, default dd73abc)
+#      IVNET_OPENAMP_SRC     open-amp (optional)         (ref IVNET_OPENAMP_REF, default as picolibc's;
+#                            Zephyr's C eth_ivshmem needs it: snippet ivshmem2-eth)
+#      IVNET_LIBMETAL_SRC    libmetal (optional)         (ref IVNET_LIBMETAL_REF, default as picolibc's;
+#                            open-amp needs it)
 # 2. Otherwise from GitHub with west: `west init -m .../zephyr --mr v4.3.0` and `west update`
 #    of just those modules (manifest.project-filter), shallow.
 set -euo pipefail
@@ -32,13 +37,9 @@ ZCBOR_PIN=9b07780aca6fb21f82a241ba386ad9b379809337
 PICOLIBC_PIN=ca8b6ebba5226a75545e57a140443168a26ba664
 RUST_PIN=dd73abc242e995784da62352fe8c70d9a6c7ac2e
 MBEDTLS_PIN=c5b06d89c9c498d8fc8659ce31f7e53137b6270f
+OPENAMP_PIN=c30a6d8b92fcebdb797fc1a7698e8729e250f637
+LIBMETAL_PIN=91d38634d1882f0a2151966f8c5c230ce1c0de7b
 
-if [ -d "$ws/zephyr" ] && [ -f "$ws/zephyr/VERSION" ]; then
-  log "Zephyr workspace at $ws exists; left as it is"
-  exit 0
-fi
-[ -x "$venv/bin/west" ] || die "no west in $venv (run scripts/bootstrap.sh, which creates it)"
-west="$venv/bin/west"
 git_id=(-c user.name=ivnet-bootstrap -c user.email=ivnet-bootstrap@localhost)
 
 # A git directory: a bare repository, a mirror, or a work tree's .git.
@@ -189,6 +190,54 @@ module() {
   fi
 }
 
+# The modules named by IVNET_*_SRC, cloned at the paths Zephyr's west.yml gives them (so the
+# build finds them without `west update`). `add` (an existing workspace): only those it lacks,
+# said so; otherwise each not named is warned about.
+local_modules() {
+  local add=${1:-}
+  # want NAME VAR PATH: whether to install module NAME (sources in ${VAR}_SRC) at $ws/PATH.
+  want() {
+    local src_var=$2_SRC
+    if [ -z "${!src_var:-}" ]; then return 1; fi
+    if [ -n "$add" ] && [ -e "$ws/$3" ]; then return 1; fi
+    [ -z "$add" ] || log "adding $1 to the existing workspace (from \$$src_var)"
+    return 0
+  }
+  if want zcbor IVNET_ZCBOR modules/lib/zcbor; then
+    module zcbor "$IVNET_ZCBOR_SRC" "${IVNET_ZCBOR_REF:-$ZCBOR_PIN}" "$ws/modules/lib/zcbor" zephyr/module.yml
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_ZCBOR_SRC not set: no zcbor, so no cell image (MCUmgr needs it)"
+  fi
+  if want picolibc IVNET_PICOLIBC modules/lib/picolibc; then
+    # Its test/ folder is not needed to build.
+    module picolibc "$IVNET_PICOLIBC_SRC" "$(pin_or_newest picolibc "$IVNET_PICOLIBC_SRC" "${IVNET_PICOLIBC_REF:-}" "$PICOLIBC_PIN")" \
+      "$ws/modules/lib/picolibc" zephyr/module.yml ':!test'
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_PICOLIBC_SRC not set: no picolibc, so Zephyr samples that need POSIX_API will not build"
+  fi
+  if want mbedtls IVNET_MBEDTLS modules/crypto/mbedtls; then
+    module mbedtls "$IVNET_MBEDTLS_SRC" "$(pin_or_newest mbedtls "$IVNET_MBEDTLS_SRC" "${IVNET_MBEDTLS_REF:-}" "$MBEDTLS_PIN")" \
+      "$ws/modules/crypto/mbedtls" zephyr/module.yml ':!tests' ':!programs' ':!visualc' ':!docs'
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_MBEDTLS_SRC not set: no mbedtls, so Zephyr's HTTP server sample will not build"
+  fi
+  if want open-amp IVNET_OPENAMP modules/lib/open-amp; then
+    module open-amp "$IVNET_OPENAMP_SRC" "$(pin_or_newest open-amp "$IVNET_OPENAMP_SRC" "${IVNET_OPENAMP_REF:-}" "$OPENAMP_PIN")" \
+      "$ws/modules/lib/open-amp" zephyr/module.yml
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_OPENAMP_SRC not set: no open-amp, so Zephyr's C eth_ivshmem (-S ivshmem2-eth) will not build"
+  fi
+  if want libmetal IVNET_LIBMETAL modules/hal/libmetal; then
+    module libmetal "$IVNET_LIBMETAL_SRC" "$(pin_or_newest libmetal "$IVNET_LIBMETAL_SRC" "${IVNET_LIBMETAL_REF:-}" "$LIBMETAL_PIN")" \
+      "$ws/modules/hal/libmetal" zephyr/module.yml
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_LIBMETAL_SRC not set: no libmetal, so Zephyr's C eth_ivshmem (-S ivshmem2-eth) will not build"
+  fi
+  if want zephyr-lang-rust IVNET_RUST modules/lang/rust; then
+    module zephyr-lang-rust "$IVNET_RUST_SRC" "${IVNET_RUST_REF:-$RUST_PIN}" "$ws/modules/lang/rust" zephyr/module.yml
+  fi
+}
+
 from_local() {
   local g ref=${IVNET_ZEPHYR_REF:-v4.3.0} sub=${IVNET_ZEPHYR_SUBDIR:-}
   g=$(gitdir "$IVNET_ZEPHYR_SRC" IVNET_ZEPHYR_SRC)
@@ -201,40 +250,28 @@ from_local() {
     die "IVNET_ZEPHYR_SRC: $ref${sub:+:$sub} is not Zephyr 4.3 ($(tr '\n' ' ' <"$ws/zephyr.partial/VERSION"))"
   fix_zephyr "$ws/zephyr.partial"
 
-  if [ -n "${IVNET_ZCBOR_SRC:-}" ]; then
-    module zcbor "$IVNET_ZCBOR_SRC" "${IVNET_ZCBOR_REF:-$ZCBOR_PIN}" "$ws/modules/lib/zcbor" zephyr/module.yml
-  else
-    log "WARNING: IVNET_ZCBOR_SRC not set: no zcbor, so no cell image (MCUmgr needs it)"
-  fi
-  if [ -n "${IVNET_PICOLIBC_SRC:-}" ]; then
-    # Its test/ folder is not needed to build.
-    module picolibc "$IVNET_PICOLIBC_SRC" "$(pin_or_newest picolibc "$IVNET_PICOLIBC_SRC" "${IVNET_PICOLIBC_REF:-}" "$PICOLIBC_PIN")" \
-      "$ws/modules/lib/picolibc" zephyr/module.yml ':!test'
-  else
-    log "WARNING: IVNET_PICOLIBC_SRC not set: no picolibc, so Zephyr samples that need POSIX_API will not build"
-  fi
-  if [ -n "${IVNET_MBEDTLS_SRC:-}" ]; then
-    module mbedtls "$IVNET_MBEDTLS_SRC" "$(pin_or_newest mbedtls "$IVNET_MBEDTLS_SRC" "${IVNET_MBEDTLS_REF:-}" "$MBEDTLS_PIN")" \
-      "$ws/modules/crypto/mbedtls" zephyr/module.yml ':!tests' ':!programs' ':!visualc' ':!docs'
-  else
-    log "WARNING: IVNET_MBEDTLS_SRC not set: no mbedtls, so Zephyr's HTTP server sample will not build"
-  fi
-  if [ -n "${IVNET_RUST_SRC:-}" ]; then
-    module zephyr-lang-rust "$IVNET_RUST_SRC" "${IVNET_RUST_REF:-$RUST_PIN}" "$ws/modules/lang/rust" zephyr/module.yml
-  fi
+  local_modules
   mv "$ws/zephyr.partial" "$ws/zephyr"
   (cd "$ws" && "$west" init -l zephyr >/dev/null && "$west" config manifest.group-filter -- +optional)
 }
 
 from_github() {
-  log "Zephyr v4.3.0 from GitHub (west init + west update of picolibc, zcbor, zephyr-lang-rust, mbedtls)"
+  log "Zephyr v4.3.0 from GitHub (west init + west update of picolibc, zcbor, zephyr-lang-rust, mbedtls, open-amp, libmetal)"
   mkdir -p "$ws"
   (cd "$ws" &&
     "$west" init -m https://github.com/zephyrproject-rtos/zephyr --mr v4.3.0 . &&
     "$west" config manifest.group-filter -- +optional &&
-    "$west" config manifest.project-filter -- '-.*,+picolibc,+zcbor,+zephyr-lang-rust,+mbedtls' &&
+    "$west" config manifest.project-filter -- '-.*,+picolibc,+zcbor,+zephyr-lang-rust,+mbedtls,+open-amp,+libmetal' &&
     "$west" update --narrow -o=--depth=1)
 }
+
+if [ -d "$ws/zephyr" ] && [ -f "$ws/zephyr/VERSION" ]; then
+  log "Zephyr workspace at $ws exists; left as it is (but for modules it lacks whose sources are named)"
+  local_modules add
+  exit 0
+fi
+[ -x "$venv/bin/west" ] || die "no west in $venv (run scripts/bootstrap.sh, which creates it)"
+west="$venv/bin/west"
 
 if [ -n "${IVNET_ZEPHYR_SRC:-}" ]; then
   from_local
@@ -244,6 +281,7 @@ else
   die "no Zephyr workspace at $ws, GitHub is not reachable, and IVNET_ZEPHYR_SRC names no local
 copy. Name the local sources (docs/zephyr-workspace.md), e.g.
   IVNET_ZEPHYR_SRC=<git dir> IVNET_ZEPHYR_REF=<commit> IVNET_ZEPHYR_SUBDIR=<folder>
-  IVNET_ZCBOR_SRC=<git dir> IVNET_PICOLIBC_SRC=<git dir> IVNET_MBEDTLS_SRC=<git dir> scripts/bootstrap.sh"
+  IVNET_ZCBOR_SRC=<git dir> IVNET_PICOLIBC_SRC=<git dir> IVNET_MBEDTLS_SRC=<git dir>
+  IVNET_OPENAMP_SRC=<git dir> IVNET_LIBMETAL_SRC=<git dir> scripts/bootstrap.sh"
 fi
 log "Zephyr workspace ready at $ws"

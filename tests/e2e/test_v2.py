@@ -1,0 +1,218 @@
+"""ivshmem 2.0 for real: the project's QEMU device `ivshmem2` (qemu/hw/misc/ivshmem2-pci.c, in
+the QEMU that scripts/qemu-build.sh builds), `ivnet server --ivshmem 2`, and frames exchanged
+between ivnet and an implementation it did not write: Zephyr's own C eth_ivshmem, unmodified
+(snippet ivshmem2-eth).
+
+- ivnet <-> ivnet over one v2 link, with MSI-X and with INTx (msix=off): pings both ways,
+  TCP both ways (zperf).
+- cell <-> host: `ivnet peer` on a TAP in a namespace made here, over a v2 server.
+- ivnet <-> C driver: Zephyr's echo_client against Zephyr's echo_server, each built once for
+  each driver, in both pairings: TCP and UDP echoed byte-exact (the client compares every
+  echo), IPv4 and IPv6; pings both ways from the shells.
+- Restarts: either end's QEMU killed and started again; the other end follows (carrier off,
+  then on) and answers again, without rebooting.
+
+Images: tests/e2e/v2-images.txt (built by scripts/test.sh into $IVNET_V2_DIR, or here when
+missing). Addresses: the samples' own (echo_server 192.0.2.1, echo_client 192.0.2.2).
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import ivnet_harness as h
+
+ROOT = Path(__file__).resolve().parents[2]
+V2 = Path(os.environ.get("IVNET_V2_DIR", ROOT / "build" / "v2")).absolute()
+ZEPHYR = Path(os.environ.get("ZEPHYR_BASE", Path.home() / "zephyrproject" / "zephyr"))
+ROWS = {r[0]: r[1:] for r in (line.split() for line in
+        (Path(__file__).parent / "v2-images.txt").read_text().splitlines())
+        if r and not r[0].startswith("#")}
+MODULE_PATHS = {"picolibc": "modules/lib/picolibc", "open-amp": "modules/lib/open-amp",
+                "libmetal": "modules/hal/libmetal", "zcbor": "modules/lib/zcbor"}
+SERVER4, CLIENT4 = "192.0.2.1", "192.0.2.2"
+SERVER6, CLIENT6 = "2001:db8::1", "2001:db8::2"
+
+
+def qemu() -> str:
+    q = h.qemu_v2()
+    if q is None or not Path(q).exists():
+        pytest.fail("no QEMU with the ivshmem2 device: scripts/qemu-build.sh builds it "
+                    "(or set IVNET_QEMU_V2)")
+    return q
+
+
+def image(name: str) -> Path:
+    """The image `name` of v2-images.txt, built when missing."""
+    elf = V2 / name / "zephyr" / "zephyr.elf"
+    if elf.exists():
+        return elf
+    app, snippet, *rest = ROWS[name]
+    needs = rest[0][len("needs="):].split(",") if rest and rest[0].startswith("needs=") else []
+    args = rest[1:] if needs else rest
+    lacking = [m for m in needs if not (ZEPHYR.parent / MODULE_PATHS[m] / "zephyr/module.yml").exists()]
+    if lacking:
+        pytest.fail(f"{name} needs the module(s) {', '.join(lacking)}, which the workspace lacks "
+                    "(docs/zephyr-workspace.md)")
+    kind, path = app.split(":", 1)
+    src = ROOT / path if kind == "module" else ZEPHYR / "samples" / path
+    cmd = (f". {ROOT}/scripts/zephyr-env.sh && west build -p auto -b qemu_cortex_a53 {src} "
+           f"-d {elf.parents[1]} -S {snippet} -- -DEXTRA_ZEPHYR_MODULES={ROOT} "
+           f"{' '.join(map(shlex.quote, args))}")
+    subprocess.run(["bash", "-c", cmd], check=True)
+    return elf
+
+
+def vm(st: h.Stack, work: Path, name: str, elf: Path, link: Path, msix: bool = True) -> h.Vm:
+    device = "ivshmem2" if msix else "ivshmem2,msix=off"
+    return st.push(h.Vm(elf, [link], work, name, device=device, qemu_bin=qemu()))
+
+
+def ping(v: h.Vm, addr: str, n: int = 100) -> int:
+    out = v.shell(f"net ping -c {n} -i 20 {addr}", rf"icmp_seq={n} |Ping timeout", 60)
+    return h.zephyr_ping_count(out)
+
+
+def boots(v: h.Vm) -> int:
+    return v.buf.count("Booting Zephyr")
+
+
+@pytest.mark.parametrize("msix", [True, False], ids=["msix", "intx"])
+def test_ivnet_to_ivnet(work, msix):
+    elf = image("echo-ivnet" if msix else "echo-ivnet-intx")
+    with h.Stack() as st:
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log", ivshmem=2))
+        a = vm(st, work, "cell-a", elf, link, msix)
+        b = vm(st, work, "cell-b", elf, link, msix)
+        for v, ip in ((a, "192.0.2.11"), (b, "192.0.2.12")):
+            v.wait_for("ivnet0: carrier on", 20)
+            v.wait_for(re.escape(h.Vm.PROMPT), 10)
+            assert "ivnet0: ivshmem v2 id" in v.buf
+            assert f"MSI-X bar present: {'yes' if msix else 'no'}" in v.buf
+            v.shell(f"net ipv4 add 1 {ip} 255.255.255.0")
+        got_ab, got_ba = ping(a, "192.0.2.12"), ping(b, "192.0.2.11")
+        print(f"{'MSI-X' if msix else 'INTx'}: pings a -> b {got_ab}/100, b -> a {got_ba}/100")
+        assert (got_ab, got_ba) == (100, 100)
+        for src, dst, ip in ((a, b, "192.0.2.12"), (b, a, "192.0.2.11")):
+            dst.shell("zperf tcp download 5001", "Listening on port 5001|TCP server started")
+            out = src.shell(f"zperf tcp upload {ip} 5001 3 1K", r"Upload completed!|failed|rror", 60)
+            src.wait_for(r"Rate:\s+[\d.]+\s*[KMG]?bps", 10)
+            rate = re.findall(r"Rate:\s+([\d.]+\s*[KMG]?bps)", src.buf)[-1]
+            print(f"  TCP {src.name} -> {dst.name}: {rate}")
+            assert "Upload completed!" in out, out[-500:]
+
+
+def test_cell_host(work):
+    """The host end on v2 (`ivnet peer` finds the v2 server by its INIT)."""
+    elf = image("echo-ivnet")
+    host, cell = "192.0.2.2", "192.0.2.1"
+    with h.Stack() as st:
+        ns = st.push(h.Netns(f"ivnet-v2-{int(time.time() * 1000) % 100000}"))
+        ns.tap("ivtap0", f"{host}/24")
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log", ivshmem=2))
+        st.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log"))
+        v = vm(st, work, "cell", elf, link)
+        v.wait_for("ivnet0: carrier on", 20)
+        v.wait_for(re.escape(h.Vm.PROMPT), 10)
+        v.shell(f"net ipv4 add 1 {cell} 255.255.255.0")
+        assert "(ivshmem 2.0)" in (work / "peer.log").read_text()
+        r = ns.run("ping", "-c", "100", "-i", "0.02", "-W", "2", "-w", "30", cell, check=False)
+        tx, rx = h.ping_summary(r.stdout)
+        got = ping(v, host)
+        print(f"v2 host -> cell {rx}/{tx}, cell -> host {got}/100")
+        assert (tx, rx, got) == (100, 100, 100)
+        v.shell("zperf tcp download 5001", "Listening on port 5001|TCP server started")
+        r = ns.run("iperf", "-c", cell, "-p", "5001", "-t", "5", "-i", "5", "-f", "m",
+                   timeout=60, check=False)
+        rate = h.iperf_rate(r.stdout)
+        print(f"v2 iperf TCP host -> cell: {rate} Mbit/s")
+        assert r.returncode == 0 and rate and rate > 1.0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("client,server", [("ivnet", "c"), ("c", "ivnet")],
+                         ids=["ivnet-client-c-server", "c-client-ivnet-server"])
+def test_ivnet_with_zephyrs_c_driver(work, client, server):
+    """Zephyr's echo_client and echo_server, unmodified, one on ivnet and one on Zephyr's C
+    eth_ivshmem, over one v2 link: every echo compared byte for byte by the client, TCP and
+    UDP, IPv4 and IPv6; then 100 pings each way."""
+    with h.Stack() as st:
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log", ivshmem=2))
+        srv = vm(st, work, f"server-{server}", image(f"echo_server-{server}"), link)
+        # The server's network comes up with the link, that is once its peer is there.
+        cli = vm(st, work, f"client-{client}", image(f"echo_client-{client}"), link)
+        srv.wait_for("Network connected", 60)
+        t0 = time.time()
+        for fam in ("IPv4", "IPv6"):
+            cli.wait_for(f"{fam} TCP: Exchanged 1000 packets", 180)
+        tcp_s = time.time() - t0
+        # UDP: one datagram per 150 ms per family, each compared with what was sent.
+        deadline = time.time() + 60
+        while True:
+            udp = {f: len(re.findall(rf"{f} UDP: Received and compared \d+ bytes, all ok", cli.buf))
+                   for f in ("IPv4", "IPv6")}
+            if min(udp.values()) >= 30 or time.time() > deadline:
+                break
+            time.sleep(1)
+        errors = [ln for ln in cli.buf.splitlines() + srv.buf.splitlines()
+                  if "<err>" in ln or "Invalid data" in ln]
+        print(f"{client} client <-> {server} server: 1000 TCP exchanges per family in "
+              f"{tcp_s:.1f} s, UDP compared {udp}")
+        assert min(udp.values()) >= 30, udp
+        assert not errors, errors[:5]
+        got_cs, got_sc = ping(cli, SERVER4), ping(srv, CLIENT4)
+        got6 = ping(cli, SERVER6, 20)
+        print(f"  pings client -> server {got_cs}/100, server -> client {got_sc}/100, "
+              f"IPv6 client -> server {got6}/20")
+        assert (got_cs, got_sc, got6) == (100, 100, 20)
+
+
+def test_restarts_of_either_end(work):
+    """ivnet (the echo sample, with a shell) and Zephyr's echo_server on the C driver: each end
+    killed and started again while the other runs; the link comes back each time."""
+    ivnet_elf, c_elf = image("echo-ivnet"), image("echo_server-c")
+    ivnet_ip = CLIENT4
+    with h.Stack() as st:
+        link = work / "link.sock"
+        st.push(h.Server(link, work / "server.log", ivshmem=2))
+        c = vm(st, work, "c0", c_elf, link)
+        iv = vm(st, work, "ivnet0", ivnet_elf, link)
+        c.wait_for("Network connected", 60)
+        iv.wait_for("ivnet0: carrier on", 20)
+        iv.wait_for(re.escape(h.Vm.PROMPT), 10)
+        iv.shell(f"net ipv4 add 1 {ivnet_ip} 255.255.255.0")
+        assert ping(iv, SERVER4, 10) == 10
+        # 1. ivnet's end restarts: the C driver follows the peer's RESET and the new one.
+        for i in range(2):
+            iv.proc.kill()
+            iv.close()
+            iv = vm(st, work, f"ivnet{i + 1}", ivnet_elf, link)
+            iv.wait_for("ivnet0: carrier on", 20)
+            iv.wait_for(re.escape(h.Vm.PROMPT), 10)
+            iv.shell(f"net ipv4 add 1 {ivnet_ip} 255.255.255.0")
+            got = ping(iv, SERVER4, 10)
+            back = ping(c, ivnet_ip, 10)
+            print(f"ivnet end restarted ({i + 1}): new ivnet -> C {got}/10, C -> new ivnet {back}/10")
+            assert (got, back) == (10, 10)
+        assert boots(c) == 1, "the C end rebooted"
+        # 2. the C end restarts: ivnet sees carrier off, then on, and talks to the new one.
+        for i in range(2):
+            mark = iv.mark()
+            c.proc.kill()
+            c.close()
+            off = iv.wait_for("ivnet0: carrier off", 10, mark)
+            c = vm(st, work, f"c{i + 1}", c_elf, link)
+            c.wait_for("Network connected", 30)
+            on = iv.wait_for("ivnet0: carrier on", 20, off.end())
+            assert on
+            got = ping(iv, SERVER4, 10)
+            print(f"C end restarted ({i + 1}): ivnet carrier off -> on, ivnet -> new C {got}/10")
+            assert got == 10
+        assert boots(iv) == 1, "the ivnet end rebooted"
