@@ -38,6 +38,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ivnet_ipv6)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_stats)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_eth_stats)");
+    println!("cargo::rustc-check-cfg=cfg(ivnet_arp)");
     let autoconf = includes
         .split([';', ' '])
         .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
@@ -56,6 +57,7 @@ fn main() {
             ("NET_IPV6", "ivnet_ipv6"),
             ("ETH_IVNET_STATS", "ivnet_stats"),
             ("NET_STATISTICS_ETHERNET", "ivnet_eth_stats"),
+            ("NET_ARP", "ivnet_arp"),
         ] {
             if set(sym) {
                 println!("cargo:rustc-cfg={cfg}");
@@ -84,6 +86,7 @@ fn main() {
         .layout_tests(false)
         .allowlist_function("net_pkt_(rx_alloc_with_buffer|rx_alloc_on_iface|alloc_buffer_raw|read|write|cursor_init|unref|get_len)")
         .allowlist_function("net_recv_data")
+        .allowlist_function("net_arp_clear_cache")
         .allowlist_function("net_buf_simple_(add|tailroom|reserve)")
         .allowlist_function("net_if_(carrier_off|set_link_addr|get_device|set_default)")
         .allowlist_function("net_if_ipv4_(addr_add|set_netmask_by_addr|set_gw)")

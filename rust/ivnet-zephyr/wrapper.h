@@ -23,6 +23,10 @@
 
 #include "eth_ivnet.h"
 
+/* Zephyr's ARP cache: declared in subsys/net/l2/ethernet/arp.h, which is not a public header
+ * (defined when CONFIG_NET_ARP; the driver calls it only then). */
+void net_arp_clear_cache(struct net_if *iface);
+
 /* Values that are macros with casts or expressions, which bindgen does not evaluate. */
 const uint32_t IVNET_SYS_TICKS_PER_SEC = CONFIG_SYS_CLOCK_TICKS_PER_SEC;
 const int IVNET_AF_UNSPEC = AF_UNSPEC;

@@ -78,6 +78,14 @@ def ping(v: h.Vm, addr: str, n: int = 100) -> int:
     return h.zephyr_ping_count(out)
 
 
+def udp_stats(v: h.Vm) -> tuple[int, int]:
+    """The interface's UDP datagrams (received, sent), from `net stats`."""
+    out = v.shell("net stats", r"UDP chkerr", 10)
+    m = re.findall(r"UDP recv\s+(\d+)\s+sent\s+(\d+)", out)
+    assert m, out[-800:]
+    return int(m[-1][0]), int(m[-1][1])
+
+
 def boots(v: h.Vm) -> int:
     return v.buf.count("Booting Zephyr")
 
@@ -141,7 +149,8 @@ def test_cell_host(work):
 def test_ivnet_with_zephyrs_c_driver(work, client, server):
     """Zephyr's echo_client and echo_server, unmodified, one on ivnet and one on Zephyr's C
     eth_ivshmem, over one v2 link: every echo compared byte for byte by the client, TCP and
-    UDP, IPv4 and IPv6; then 100 pings each way."""
+    UDP, IPv4 and IPv6 (the pings are in the restart test, on a quiet link: echo_client never
+    stops sending)."""
     with h.Stack() as st:
         link = work / "link.sock"
         st.push(h.Server(link, work / "server.log", ivshmem=2))
@@ -153,52 +162,49 @@ def test_ivnet_with_zephyrs_c_driver(work, client, server):
         for fam in ("IPv4", "IPv6"):
             cli.wait_for(f"{fam} TCP: Exchanged 1000 packets", 180)
         tcp_s = time.time() - t0
-        # UDP: one datagram per 150 ms per family, each compared with what was sent.
-        deadline = time.time() + 60
-        while True:
-            udp = {f: len(re.findall(rf"{f} UDP: Received and compared \d+ bytes, all ok", cli.buf))
-                   for f in ("IPv4", "IPv6")}
-            if min(udp.values()) >= 30 or time.time() > deadline:
-                break
-            time.sleep(1)
+        # UDP: one datagram per 150 ms per family, each compared with what was sent (a missing
+        # or different echo is an error in the client's log). The interfaces' UDP counters
+        # show the progress; 30 s is about 100 datagrams each way per family.
+        time.sleep(30)
+        cli_udp, srv_udp = udp_stats(cli), udp_stats(srv)
         errors = [ln for ln in cli.buf.splitlines() + srv.buf.splitlines()
-                  if "<err>" in ln or "Invalid data" in ln]
+                  if "<err> net_echo_" in ln]
         print(f"{client} client <-> {server} server: 1000 TCP exchanges per family in "
-              f"{tcp_s:.1f} s, UDP compared {udp}")
-        assert min(udp.values()) >= 30, udp
+              f"{tcp_s:.1f} s; UDP (recv, sent) client {cli_udp}, server {srv_udp}")
         assert not errors, errors[:5]
-        got_cs, got_sc = ping(cli, SERVER4), ping(srv, CLIENT4)
-        got6 = ping(cli, SERVER6, 20)
-        print(f"  pings client -> server {got_cs}/100, server -> client {got_sc}/100, "
-              f"IPv6 client -> server {got6}/20")
-        assert (got_cs, got_sc, got6) == (100, 100, 20)
+        assert min(cli_udp) >= 60 and min(srv_udp) >= 60, (cli_udp, srv_udp)
 
 
-def test_restarts_of_either_end(work):
-    """ivnet (the echo sample, with a shell) and Zephyr's echo_server on the C driver: each end
-    killed and started again while the other runs; the link comes back each time."""
-    ivnet_elf, c_elf = image("echo-ivnet"), image("echo_server-c")
-    ivnet_ip = CLIENT4
+def test_pings_and_restarts_with_c_driver(work):
+    """The project's echo sample on ivnet and on Zephyr's C eth_ivshmem (-S ivshmem2-eth), one
+    v2 link: 100 pings each way (IPv4), then each end's QEMU killed and started again twice while
+    the other runs; the other end follows (ivnet logs carrier off, then on) and answers again,
+    without rebooting."""
+    ivnet_elf, c_elf = image("echo-ivnet"), image("echo-c")
+    ivnet_ip, c_ip = "192.0.2.11", "192.0.2.12"
     with h.Stack() as st:
         link = work / "link.sock"
         st.push(h.Server(link, work / "server.log", ivshmem=2))
-        c = vm(st, work, "c0", c_elf, link)
-        iv = vm(st, work, "ivnet0", ivnet_elf, link)
-        c.wait_for("Network connected", 60)
+
+        def start(name: str, elf: Path, ip: str) -> h.Vm:
+            v = vm(st, work, name, elf, link)
+            v.wait_for(re.escape(h.Vm.PROMPT), 20)
+            v.shell(f"net ipv4 add 1 {ip} 255.255.255.0")
+            return v
+
+        c = start("c0", c_elf, c_ip)
+        iv = start("ivnet0", ivnet_elf, ivnet_ip)
         iv.wait_for("ivnet0: carrier on", 20)
-        iv.wait_for(re.escape(h.Vm.PROMPT), 10)
-        iv.shell(f"net ipv4 add 1 {ivnet_ip} 255.255.255.0")
-        assert ping(iv, SERVER4, 10) == 10
+        got_ic, got_ci = ping(iv, c_ip), ping(c, ivnet_ip)
+        print(f"pings ivnet -> C {got_ic}/100, C -> ivnet {got_ci}/100")
+        assert (got_ic, got_ci) == (100, 100)
         # 1. ivnet's end restarts: the C driver follows the peer's RESET and the new one.
         for i in range(2):
             iv.proc.kill()
             iv.close()
-            iv = vm(st, work, f"ivnet{i + 1}", ivnet_elf, link)
+            iv = start(f"ivnet{i + 1}", ivnet_elf, ivnet_ip)
             iv.wait_for("ivnet0: carrier on", 20)
-            iv.wait_for(re.escape(h.Vm.PROMPT), 10)
-            iv.shell(f"net ipv4 add 1 {ivnet_ip} 255.255.255.0")
-            got = ping(iv, SERVER4, 10)
-            back = ping(c, ivnet_ip, 10)
+            got, back = ping(iv, c_ip, 10), ping(c, ivnet_ip, 10)
             print(f"ivnet end restarted ({i + 1}): new ivnet -> C {got}/10, C -> new ivnet {back}/10")
             assert (got, back) == (10, 10)
         assert boots(c) == 1, "the C end rebooted"
@@ -208,11 +214,10 @@ def test_restarts_of_either_end(work):
             c.proc.kill()
             c.close()
             off = iv.wait_for("ivnet0: carrier off", 10, mark)
-            c = vm(st, work, f"c{i + 1}", c_elf, link)
-            c.wait_for("Network connected", 30)
-            on = iv.wait_for("ivnet0: carrier on", 20, off.end())
-            assert on
-            got = ping(iv, SERVER4, 10)
-            print(f"C end restarted ({i + 1}): ivnet carrier off -> on, ivnet -> new C {got}/10")
-            assert got == 10
+            c = start(f"c{i + 1}", c_elf, c_ip)
+            iv.wait_for("ivnet0: carrier on", 20, off.end())
+            got, back = ping(iv, c_ip, 10), ping(c, ivnet_ip, 10)
+            print(f"C end restarted ({i + 1}): ivnet carrier off -> on, ivnet -> new C {got}/10, "
+                  f"new C -> ivnet {back}/10")
+            assert (got, back) == (10, 10)
         assert boots(iv) == 1, "the ivnet end rebooted"

@@ -22,6 +22,10 @@
  * BAR1 the MSI-X table (msix=on, the default) - or, with msix=off, INTx pin A signalled as
  * a pulse (configure the line edge-triggered) and any vector raising it.
  *
+ * The server's messages after INIT are read in the main loop, and the guest may run first: a
+ * doorbell for a peer whose EVENT_FD has not arrived yet is kept and rung when it does (for
+ * a peer that left, it is dropped with its fds).
+ *
  * Licensed under the GNU GPL, version 2 or later, like the QEMU it is built into.
  */
 
@@ -115,6 +119,12 @@ struct IvShmem2 {
     /* notifiers[peer * vectors + vector]; have[] says which hold an fd. */
     EventNotifier *notifiers;
     bool *have;
+    /*
+     * pending[peer * vectors + vector]: rung by the guest before the server's EVENT_FD for it
+     * arrived (the messages are read in the main loop, the guest may run first); rung when it
+     * arrives, forgotten when that peer leaves.
+     */
+    bool *pending;
     IvShmem2Vector *own;        /* vectors entries, the opaques of the own fd handlers */
 
     /* The message being received after INIT. */
@@ -166,7 +176,11 @@ static void ivshmem2_own_vector(void *opaque)
 
 static void ivshmem2_ring(IvShmem2 *s, uint32_t peer, uint32_t vector)
 {
-    if (peer >= s->max_peers || vector >= s->vectors || !*ivshmem2_have(s, peer, vector)) {
+    if (peer >= s->max_peers || vector >= s->vectors) {
+        return;
+    }
+    if (!*ivshmem2_have(s, peer, vector)) {
+        s->pending[(size_t)peer * s->vectors + vector] = true;
         return;
     }
     /* What the guest wrote before the doorbell is visible before the target's interrupt. */
@@ -280,6 +294,10 @@ static void ivshmem2_event_fd(IvShmem2 *s, uint32_t peer, uint32_t vector, int f
     if (peer == s->id) {
         qemu_set_fd_handler(fd, ivshmem2_own_vector, NULL, &s->own[vector]);
     }
+    if (s->pending[(size_t)peer * s->vectors + vector]) {
+        s->pending[(size_t)peer * s->vectors + vector] = false;
+        ivshmem2_ring(s, peer, vector);
+    }
 }
 
 static void ivshmem2_peer_gone(IvShmem2 *s, uint32_t peer)
@@ -293,6 +311,7 @@ static void ivshmem2_peer_gone(IvShmem2 *s, uint32_t peer)
     }
     for (v = 0; v < s->vectors; v++) {
         ivshmem2_forget(s, peer, v);
+        s->pending[(size_t)peer * s->vectors + v] = false;
     }
     /* Its state entry reads 0 now: tell the guest as a state change. */
     ivshmem2_deliver(s, 0);
@@ -468,6 +487,7 @@ static void ivshmem2_realize(PCIDevice *dev, Error **errp)
 
     s->notifiers = g_new0(EventNotifier, (size_t)s->max_peers * s->vectors);
     s->have = g_new0(bool, (size_t)s->max_peers * s->vectors);
+    s->pending = g_new0(bool, (size_t)s->max_peers * s->vectors);
     s->own = g_new0(IvShmem2Vector, s->vectors);
     for (i = 0; i < s->vectors; i++) {
         s->own[i].dev = s;
@@ -529,9 +549,11 @@ static void ivshmem2_exit(PCIDevice *dev)
     }
     g_free(s->notifiers);
     g_free(s->have);
+    g_free(s->pending);
     g_free(s->own);
     s->notifiers = NULL;
     s->have = NULL;
+    s->pending = NULL;
     s->own = NULL;
 }
 

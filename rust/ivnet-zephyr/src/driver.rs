@@ -668,6 +668,12 @@ impl Driver {
                 sys::net_eth_carrier_on(iface);
             } else {
                 sys::net_eth_carrier_off(iface);
+                // The link is point to point: whoever comes next is another machine (a
+                // restarted cell has a new MAC). Forget the old peer's ARP entries, as Linux
+                // does on carrier loss, instead of sending to a stale MAC until they expire.
+                // (IPv6 neighbours are re-probed by neighbour unreachability detection.)
+                #[cfg(ivnet_arp)]
+                sys::net_arp_clear_cache(iface);
             }
         }
         inf!(
