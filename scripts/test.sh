@@ -8,7 +8,10 @@
 #           end-to-end tests (VM <-> host through TAP, VM <-> VM, host peer restart, iperf, and
 #           a 3-cell network from a topology file: `ivnet up`/`status`/`down`, DHCP, NAT,
 #           forwards, MCUmgr; IVNET_NET_CELLS=8 for the 8-cell acceptance run), and the
-#           liveness test (a stuck peer on one link of a cell, the other link measured).
+#           liveness test (a stuck peer on one link of a cell, the other link measured); and
+#           ivshmem 2.0: the project's QEMU device (scripts/qemu-build.sh), the twister suite
+#           over it, and tests/e2e/test_v2.py (ivnet <-> ivnet, <-> host, <-> Zephyr's C
+#           eth_ivshmem).
 # Needs root for namespaces/TAP. Set IVNET_SKIP_BOOTSTRAP=1 to skip the install step.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,13 +112,42 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   done < tests/e2e/conformance-samples.txt
   step "cargo clippy (Zephyr driver crate, cell build: fw_cfg config, STATS groups)" \
     bash scripts/clippy-zephyr.sh "$build/cell"
+  # ivshmem 2.0: the project's QEMU device (built into ~/.cache/ivnet/qemu, incremental) and
+  # the images of tests/e2e/v2-images.txt (beside the conformance images, same module copy).
+  qemu_v2=""
+  step "QEMU with the project's ivshmem 2.0 device (scripts/qemu-build.sh, cached outside the clone)" \
+    bash -c 'bash scripts/qemu-build.sh >"$0"' "$confroot/qemu-v2.path"
+  qemu_v2=$(cat "$confroot/qemu-v2.path" 2>/dev/null || true)
+  v2=$conf/v2
+  declare -A v2mod=([picolibc]=modules/lib/picolibc [open-amp]=modules/lib/open-amp [libmetal]=modules/hal/libmetal)
+  while read -r name app snip args; do
+    case "$name" in ''|'#'*) continue ;; esac
+    needs=""
+    case "$args" in needs=*) needs=${args%% *}; args=${args#"$needs"}; args=${args# }; needs=${needs#needs=} ;; esac
+    lacking=""
+    for m in ${needs//,/ }; do
+      [ -f "$ws/${v2mod[$m]:-modules/$m}/zephyr/module.yml" ] || lacking+=" $m"
+    done
+    if [ -n "$lacking" ]; then
+      printf '\n\033[1;31m!!! ivshmem 2.0 image %s needs the module(s)%s, which %s lacks: NOT BUILT\n!!! (docs/zephyr-workspace.md)\033[0m\n' "$name" "$lacking" "$ws"
+      continue
+    fi
+    case "$app" in module:*) src=$modcopy/${app#module:} ;; *) src=$ZEPHYR_BASE/samples/${app#zephyr:} ;; esac
+    step "ivshmem 2.0 build: $app -S $snip ($name)" \
+      west build -p auto -b qemu_cortex_a53 "$src" -d "$v2/$name" -S "$snip" -- \
+        -DEXTRA_ZEPHYR_MODULES="$modcopy" "$zcargo" $args </dev/null
+  done < tests/e2e/v2-images.txt
+  step "cargo clippy (Zephyr driver crate, ivshmem 2.0 build)" bash scripts/clippy-zephyr.sh "$v2/echo-ivnet"
   rm -rf "$build/twister"
-  step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU)" \
-    west twister -T tests -p qemu_cortex_a53 -O "$build/twister" --inline-logs
+  # QEMU_BIN_PATH: the project's QEMU, whose ivshmem2 device the v2 suite needs (it runs the
+  # v1 suite as Debian's does).
+  step "west twister -T tests -p qemu_cortex_a53 (runs in QEMU: ivshmem v1 and 2.0 suites)" \
+    env ${qemu_v2:+QEMU_BIN_PATH="$(dirname "$qemu_v2")"} \
+      west twister -T tests -p qemu_cortex_a53 -O "$build/twister" --inline-logs
   step "end-to-end in QEMU + netns (pytest)" \
     env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$conf/zperf-ivnet/zephyr/zephyr.elf" \
       IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
-      IVNET_CONF_DIR="$conf" \
+      IVNET_CONF_DIR="$conf" IVNET_V2_DIR="$v2" ${qemu_v2:+IVNET_QEMU_V2="$qemu_v2"} \
       "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
   exec 9>&-
 else

@@ -79,9 +79,10 @@ impl Transport {
         match *self {
             Transport::V1 { ctl, slot } => ctl.peer_state(slot),
             #[cfg(ivshmem_v2)]
-            // SAFETY: dev is the ready ivshmem v2 device; the state table is read-only to us.
             Transport::V2 { dev, id } => {
-                LinkState::from_raw(unsafe { sys::ivshmem_get_state(dev, 1 - id) })
+                // SAFETY: dev is the ready ivshmem v2 device; the state table is read-only to us.
+                let raw = unsafe { sys::ivshmem_get_state(dev, 1 - id) };
+                LinkState::from_raw(raw)
             }
         }
     }
