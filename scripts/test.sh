@@ -119,7 +119,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     bash -c 'bash scripts/qemu-build.sh >"$0"' "$confroot/qemu-v2.path"
   qemu_v2=$(cat "$confroot/qemu-v2.path" 2>/dev/null || true)
   v2=$conf/v2
-  declare -A v2mod=([picolibc]=modules/lib/picolibc [open-amp]=modules/lib/open-amp [libmetal]=modules/hal/libmetal)
+  declare -A v2mod=([picolibc]=modules/lib/picolibc [open-amp]=modules/lib/open-amp [libmetal]=modules/hal/libmetal [zcbor]=modules/lib/zcbor)
   while read -r name app snip args; do
     case "$name" in ''|'#'*) continue ;; esac
     needs=""
@@ -133,8 +133,10 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
       continue
     fi
     case "$app" in module:*) src=$modcopy/${app#module:} ;; *) src=$ZEPHYR_BASE/samples/${app#zephyr:} ;; esac
-    step "ivshmem 2.0 build: $app -S $snip ($name)" \
-      west build -p auto -b qemu_cortex_a53 "$src" -d "$v2/$name" -S "$snip" -- \
+    snips=()
+    for sn in ${snip//,/ }; do snips+=(-S "$sn"); done
+    step "ivshmem 2.0 build: $app -S ${snip//,/ -S } ($name)" \
+      west build -p auto -b qemu_cortex_a53 "$src" -d "$v2/$name" "${snips[@]}" -- \
         -DEXTRA_ZEPHYR_MODULES="$modcopy" "$zcargo" $args </dev/null
   done < tests/e2e/v2-images.txt
   step "cargo clippy (Zephyr driver crate, ivshmem 2.0 build)" bash scripts/clippy-zephyr.sh "$v2/echo-ivnet"

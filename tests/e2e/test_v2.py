@@ -11,6 +11,8 @@ between ivnet and an implementation it did not write: Zephyr's own C eth_ivshmem
   echo), IPv4 and IPv6; pings both ways from the shells.
 - Restarts: either end's QEMU killed and started again; the other end follows (carrier off,
   then on) and answers again, without rebooting.
+- `ivnet up` with `ivshmem = 2` links: two cells (the cell image built for v2) on the host
+  bridge and on a cell<->cell link; DHCP, the ping matrix, the cell<->cell link, `down`.
 
 Images: tests/e2e/v2-images.txt (built by scripts/test.sh into $IVNET_V2_DIR, or here when
 missing). Addresses: the samples' own (echo_server 192.0.2.1, echo_client 192.0.2.2).
@@ -26,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import ivnet_harness as h
+import ivnet_network as ivn
 
 ROOT = Path(__file__).resolve().parents[2]
 V2 = Path(os.environ.get("IVNET_V2_DIR", ROOT / "build" / "v2")).absolute()
@@ -62,7 +65,8 @@ def image(name: str) -> Path:
     kind, path = app.split(":", 1)
     src = ROOT / path if kind == "module" else ZEPHYR / "samples" / path
     cmd = (f". {ROOT}/scripts/zephyr-env.sh && west build -p auto -b qemu_cortex_a53 {src} "
-           f"-d {elf.parents[1]} -S {snippet} -- -DEXTRA_ZEPHYR_MODULES={ROOT} "
+           f"-d {elf.parents[1]} {' '.join('-S ' + x for x in snippet.split(','))} -- "
+           f"-DEXTRA_ZEPHYR_MODULES={ROOT} "
            f"{' '.join(map(shlex.quote, args))}")
     subprocess.run(["bash", "-c", cmd], check=True)
     return elf
@@ -221,3 +225,77 @@ def test_pings_and_restarts_with_c_driver(work):
                   f"new C -> ivnet {back}/10")
             assert (got, back) == (10, 10)
         assert boots(iv) == 1, "the ivnet end rebooted"
+
+
+V2_TOPOLOGY = """
+[host]
+bridge = "ivv2br0"
+subnet = "10.79.0.0/24"
+dhcp = ["10.79.0.100", "10.79.0.199"]
+
+[[cell]]
+name = "c1"
+image = "{image}"
+mac = "02:00:00:00:79:01"
+address = "dhcp"
+services = [4242]
+
+[[cell]]
+name = "c2"
+image = "{image}"
+mac = "02:00:00:00:79:02"
+address = "10.79.0.12"
+
+[[link]]
+ends = ["c1", "host"]
+ivshmem = 2
+
+[[link]]
+ends = ["c2", "host"]
+ivshmem = 2
+
+[[link]]
+ends = ["c1", "c2"]
+subnet = "10.80.0.0/30"
+ivshmem = 2
+"""
+
+
+def test_network_with_v2_links(work):
+    """`ivnet up` of a topology whose links are all ivshmem 2.0: the supervisor's servers in the
+    v2 role, its host peers on them, the cells' QEMUs with -device ivshmem2 (IVNET_QEMU_V2 or
+    the cache of scripts/qemu-build.sh)."""
+    elf = image("cell-ivnet")
+    qemu()
+    net = ivn.Network(work / "state", "ivv2br0", "127.0.0.1:9479", "ivv2-host", "ivv2-out")
+    try:
+        before = net.snapshot()
+        topo = work / "v2.toml"
+        topo.write_text(V2_TOPOLOGY.format(image=elf))
+        t0 = time.time()
+        print(net.up(topo).stdout)
+        st = net.wait_addressed(90)
+        cells = {c["name"]: c for c in st["cells"]}
+        print(f"2 cells on ivshmem 2.0 links up and addressed in {time.time() - t0:.1f} s: "
+              f"{ {n: c['address'] for n, c in cells.items()} }")
+        addrs = {n: c["address"] for n, c in cells.items()}
+        for n, a in addrs.items():
+            assert net.host.run("ping", "-c", "3", "-W", "3", a, check=False).returncode == 0, n
+        cons = {n: h.Console(Path(c["console"]), work / f"{n}-console.log", n)
+                for n, c in cells.items()}
+        for n, con in cons.items():
+            con.shell("")
+            boot = (net.state / "ivv2br0" / f"{n}.console.log").read_text(errors="replace")
+            assert "ivnet0: ivshmem v2 id" in boot and "ivnet1: ivshmem v2 id" in boot, boot[-1500:]
+        failed = ivn.ping_matrix(cons, addrs, "10.79.0.1")[1]
+        assert not failed, failed
+        ivn.cell_ping(cons["c1"], "10.80.0.2")
+        ivn.cell_ping(cons["c2"], "10.80.0.1")
+        logs = "".join(p.read_text(errors="replace") for p in (net.state / "ivv2br0").glob("*.qemu.log"))
+        assert "rror" not in logs, logs[-1000:]
+        for con in cons.values():
+            con.close()
+        net.down()
+        assert net.snapshot() == before
+    finally:
+        net.close()
