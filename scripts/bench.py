@@ -22,6 +22,10 @@ measured with iperf 2 in a network namespace made here (removed afterwards):
                    instructions per function (QEMU's exec log) and host CPU per thread during
                    a TCP run
   micro            `ivnet bench-core`: the protocol core alone, two host threads
+  v2               ivshmem 2.0 (the project's QEMU device `ivshmem2`): the same zperf image
+                   on ivnet (`-S ivnet-v2`) and on Zephyr's C eth_ivshmem (`-S ivshmem2-eth`),
+                   each against the host peer on an `ivnet server --ivshmem 2` link (TCP 1460 B
+                   and UDP 1024 B, both directions) and each against itself cell<->cell
 
 Both drivers' VMs run at once and the samples alternate between them, so drifts in the machine's
 load hit both alike. Output (--out): samples.csv (every sample), report.md (ratio table with
@@ -121,18 +125,25 @@ def lost_total(text: str) -> tuple[int, int]:
 
 # ---- one driver's world ------------------------------------------------------------------
 
+# The ivshmem 2.0 drivers (phase v2): both on the project's QEMU device, against the host peer.
+V2_KINDS = ("c-v2", "ivnet-v2")
+V2_LABEL = {"c-v2": "Zephyr's C eth_ivshmem", "ivnet-v2": "ivnet"}
+
+
 class Env:
-    """A namespace with a TAP (ivnet: plus a link server and the host peer) and the VMs on it."""
+    """A namespace with a TAP (ivnet: plus a link server and the host peer) and the VMs on it.
+    Kinds: "virtio", "ivnet" (ivshmem-doorbell), and V2_KINDS (the ivshmem2 device)."""
 
     def __init__(self, kind: str, work: Path, st: h.Stack):
         self.kind, self.work, self.st = kind, work, st
+        self.v2 = kind in V2_KINDS
         self.ns = st.push(h.Netns(f"ivbench-{kind}"))
-        self.tap = "ivtap0" if kind == "ivnet" else "zeth"
+        self.tap = "zeth" if kind == "virtio" else "ivtap0"
         self.ns.tap(self.tap, f"{HOST}/24")
         self.peer = None
-        if kind == "ivnet":
+        if kind != "virtio":
             self.link = work / f"{kind}-link.sock"
-            st.push(h.Server(self.link, work / f"{kind}-server.log"))
+            st.push(h.Server(self.link, work / f"{kind}-server.log", ivshmem=2 if self.v2 else 1))
             self.peer = st.push(h.HostPeer(self.ns, self.link, self.tap, work / f"{kind}-peer.log"))
         self.vm = None
         self.elf = None
@@ -149,6 +160,12 @@ class Env:
             vm = h.Vm(elf, [self.link], self.work, name, monitor=True, extra_args=extra)
             self.vm = vm
             vm.wait_for("ivnet0: carrier on", 30)
+        elif self.v2:
+            vm = h.Vm(elf, [self.link], self.work, name, monitor=True, extra_args=extra,
+                      device="ivshmem2", qemu_bin=h.qemu_v2())
+            self.vm = vm
+            if self.kind == "ivnet-v2":
+                vm.wait_for("ivnet0: carrier on", 30)
         else:
             vm = h.Vm(elf, [], self.work, name, virtio_tap=(self.ns, self.tap), monitor=True, extra_args=extra)
             self.vm = vm
@@ -453,14 +470,22 @@ def measure(env: Env, rec: Recorder, image: str, test: str, proto: str, directio
              + (f" @{rate:g}M" if proto == "udp" else "") + f" #{rep}: {txt}")
 
 
-def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: float) -> None:
-    lan = work / "cc-link.sock"
+def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: float,
+              kind: str = "ivnet") -> None:
+    """Two VMs of `elf` on one link, zperf upload from one to the other. `kind` "ivnet" (the
+    doorbell device; test "cell<->cell") or one of V2_KINDS (the ivshmem2 device; test
+    "v2 cell<->cell")."""
+    v2 = kind in V2_KINDS
+    lan = work / f"cc-{kind}-link.sock"
+    test = "v2 cell<->cell" if v2 else "cell<->cell"
+    vm_args = dict(device="ivshmem2", qemu_bin=h.qemu_v2()) if v2 else {}
     with h.Stack() as st:
-        st.push(h.Server(lan, work / "cc-server.log"))
-        a = st.push(h.Vm(elf, [lan], work, "cellA"))
-        b = st.push(h.Vm(elf, [lan], work, "cellB"))
+        st.push(h.Server(lan, work / f"cc-{kind}-server.log", ivshmem=2 if v2 else 1))
+        a = st.push(h.Vm(elf, [lan], work, f"cellA-{kind}", **vm_args))
+        b = st.push(h.Vm(elf, [lan], work, f"cellB-{kind}", **vm_args))
         for vm in (a, b):
-            vm.wait_for("ivnet0: carrier on", 30)
+            if kind != "c-v2":
+                vm.wait_for("ivnet0: carrier on", 30)
             vm.wait_for(r"net_config: IPv4 address", 30)
             vm.wait_for(re.escape(h.Vm.PROMPT), 10)
         time.sleep(0.3)
@@ -470,7 +495,7 @@ def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: 
         b.shell("zperf udp download 5001", "UDP server started")
         for proto, size in (("tcp", 1460), ("udp", 1024)):
             for rep in range(reps):
-                base = dict(driver="ivnet", image="ivnet", test="cell<->cell", proto=proto,
+                base = dict(driver=kind, image=kind, test=test, proto=proto,
                             direction="cell->cell", size=size, offered_mbit=rate if proto == "udp" else "",
                             rep=rep, seconds=secs)
                 cmd = (f"zperf tcp upload {CELL2} 5001 {secs} {size}" if proto == "tcp"
@@ -494,7 +519,7 @@ def cell_cell(work: Path, elf: Path, rec: Recorder, reps: int, secs: int, rate: 
                     rec.add(**base, metric="mbit", value="", error=str(e).splitlines()[0][:120])
                     txt = "ERROR"
                 time.sleep(0.5)
-                rec.step(f"ivnet  cell<->cell {proto} {size} B #{rep}: {txt}")
+                rec.step(f"{kind:6} {test} {proto} {size} B #{rep}: {txt}")
 
 
 def machine_info() -> dict:
@@ -532,7 +557,7 @@ def main() -> int:
     ap.add_argument("--udp-rate", type=float, default=300, help="offered UDP rate in the size matrix, Mbit/s (above what either driver absorbs: a capacity test)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="payload sizes, bytes")
     ap.add_argument("--rates", help="UDP offered-rate sweep, Mbit/s (quick: 10,50,100,200,300)")
-    ap.add_argument("--skip", default="", help="comma list of phases to skip: matrix,sweep,ping,cc,tuning,profile,micro")
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: matrix,sweep,ping,cc,tuning,profile,micro,v2")
     ap.add_argument("--tests", help="matrix subset, e.g. tcp:host->cell,udp:cell->host (default: all four)")
     ap.add_argument("--build-only", action="store_true", help="build the images and stop")
     ap.add_argument("--out", type=Path, help="report directory (default bench-out/<date>)")
@@ -563,7 +588,11 @@ def main() -> int:
     sweep = [] if "sweep" in skip else [(d, r) for d in DIRS for r in rates]
     # The steps, then the full profile (the main ivnet image: prj.conf as shipped).
     tun_rows = [] if "tuning" in skip else TUNING + [("full", "full ivnet profile (prj.conf)", None)]
+    v2_tests = [] if "v2" in skip else [(p, d, s) for p, s in (("tcp", 1460), ("udp", 1024)) for d in DIRS]
+    if v2_tests and not h.qemu_v2():
+        raise SystemExit("phase v2 needs the project's QEMU (scripts/qemu-build.sh); or --skip v2")
     total = (2 * sum(m[3] for m in matrix) + 2 * len(sweep) * (3 if a.full else 1)
+             + 2 * len(v2_tests) * reps + (0 if not v2_tests else 4 * reps)
              + (0 if "ping" in skip else 2) + (0 if "cc" in skip else 2 * reps)
              + len(tun_rows) * 4 + (0 if "profile" in skip else 2))
 
@@ -582,6 +611,9 @@ def main() -> int:
             tun_elfs[key] = elfs["ivnet"]  # exactly the main image's settings: no second build
             continue
         tun_elfs[key] = build(f"tune-{key}", "ivnet", files, out)
+    if v2_tests:
+        elfs["ivnet-v2"] = build("ivnet-v2", "ivnet-v2", [prj], out)
+        elfs["c-v2"] = build("c-v2", "ivshmem2-eth", [prj], out)
     log(f"builds done in {(time.time() - t_start) / 60:.1f} min")
     if a.build_only:
         return 0
@@ -639,6 +671,20 @@ def main() -> int:
         envs["ivnet"].shutdown()
         if "cc" not in skip:
             cell_cell(wd.path, elfs["ivnet"], rec, reps, max(2, secs), a.udp_rate)
+        if v2_tests:
+            # ivshmem 2.0: ivnet and Zephyr's C driver on the same device, alternating.
+            v2envs = {k: st.push(Env(k, wd.path, st)) for k in V2_KINDS}
+            for k, e in v2envs.items():
+                e.boot(elfs[k])
+                qemu_lines[k] = " ".join(e.vm.cmdline)
+            for proto, d, s in v2_tests:
+                for rep in range(reps):
+                    for k in V2_KINDS:
+                        measure(v2envs[k], rec, k, "v2", proto, d, s, a.udp_rate, rep, max(2, secs))
+            for e in v2envs.values():
+                e.shutdown()
+            for k in V2_KINDS:
+                cell_cell(wd.path, elfs[k], rec, reps, max(2, secs), a.udp_rate, kind=k)
 
     micro = None
     if "micro" not in skip:

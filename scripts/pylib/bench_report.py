@@ -76,6 +76,7 @@ def write(out: Path, rows: list[dict], meta: dict) -> str:
     md += ratio_section(rows, checks)
     md += latency_section(rows, checks)
     md += cell_cell_section(rows, checks)
+    md += v2_section(rows, checks)
     md.insert(2, target_section(checks) + gap_section(checks, rows, meta.get("profiles") or {}))
     md += sweep_section(rows)
     md += tuning_section(rows, meta)
@@ -205,6 +206,37 @@ def cell_cell_section(rows, checks) -> list[str]:
         md.append(f"| {proto.upper()} {size} B | {cc.fmt()} | {vb.fmt()} | **{ratio:.2f}x** |")
         checks.append((f"{proto.upper()} cell<->cell >= {TARGET}x virtio cell->host", ratio >= TARGET, f"{ratio:.2f}x"))
     return md + [""] if md else []
+
+
+V2_TARGET = 2.0
+
+
+def v2_section(rows, checks) -> list[str]:
+    """ivshmem 2.0: ivnet and Zephyr's C eth_ivshmem on the same device (phase v2)."""
+    if not any(r["test"] in ("v2", "v2 cell<->cell") for r in rows):
+        return []
+    md = ["## ivshmem 2.0: ivnet vs Zephyr's C eth_ivshmem\n",
+          "The same zperf image (this prj.conf) built with `-S ivnet-v2` and with `-S ivshmem2-eth` "
+          "(Zephyr's own driver, unmodified), on the project's QEMU device `ivshmem2` (MSI-X), "
+          "served by `ivnet server --ivshmem 2`; against the host peer (`ivnet peer`, TAP, iperf 2) "
+          "and cell<->cell (two VMs of the same image on one link). Mbit/s, mean ± sd [95 % CI].\n",
+          "| test | size B | C eth_ivshmem | ivnet | ivnet / C | Welch p | errors |",
+          "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["proto"], r["direction"], int(r["size"]), r["test"]) for r in rows
+                   if r["test"] in ("v2", "v2 cell<->cell")}, key=lambda k: (k[3], k[0], k[1]))
+    for proto, d, size, test in keys:
+        s = {k: Summary(group(rows, test=test, driver=k, proto=proto, direction=d, size=size, metric="mbit"))
+             for k in ("c-v2", "ivnet-v2")}
+        ratio = s["ivnet-v2"].mean / s["c-v2"].mean if s["c-v2"].n and s["c-v2"].mean else math.nan
+        p = "-"
+        if s["ivnet-v2"].n > 1 and s["c-v2"].n > 1:
+            p = f"{stats.ttest_ind(s['ivnet-v2'].v, s['c-v2'].v, equal_var=False).pvalue:.3g}"
+        err = sum(errors(rows, test=test, driver=k, proto=proto, direction=d, size=size) for k in ("c-v2", "ivnet-v2"))
+        md.append(f"| {proto.upper()} {d} | {size} | {s['c-v2'].fmt()} | {s['ivnet-v2'].fmt()} | "
+                  f"**{ratio:.2f}x** | {p} | {err} |")
+        checks.append((f"ivshmem 2.0 {proto.upper()} {d}: ivnet >= {V2_TARGET:g}x C eth_ivshmem",
+                       ratio >= V2_TARGET, f"{ratio:.2f}x"))
+    return md + [""]
 
 
 def sweep_section(rows) -> list[str]:
