@@ -593,6 +593,7 @@ def main() -> int:
         raise SystemExit("phase v2 needs the project's QEMU (scripts/qemu-build.sh); or --skip v2")
     total = (2 * sum(m[3] for m in matrix) + 2 * len(sweep) * (3 if a.full else 1)
              + 2 * len(v2_tests) * reps + (0 if not v2_tests else 4 * reps)
+             + (2 if v2_tests and "profile" not in skip else 0)
              + (0 if "ping" in skip else 2) + (0 if "cc" in skip else 2 * reps)
              + len(tun_rows) * 4 + (0 if "profile" in skip else 2))
 
@@ -681,6 +682,14 @@ def main() -> int:
                 for rep in range(reps):
                     for k in V2_KINDS:
                         measure(v2envs[k], rec, k, "v2", proto, d, s, a.udp_rate, rep, max(2, secs))
+            if "profile" not in skip:
+                for k in V2_KINDS:
+                    try:
+                        profiles[k] = profile(v2envs[k], max(6, secs), wd.path)
+                        txt = f"{profiles[k]['insns']} guest instructions logged"
+                    except Exception as e:
+                        txt = f"ERROR {e}"
+                    rec.step(f"{k:6} profile (tcp host->cell): {txt}")
             for e in v2envs.values():
                 e.shutdown()
             for k in V2_KINDS:
