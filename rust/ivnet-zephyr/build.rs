@@ -38,7 +38,6 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ivnet_ipv6)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_stats)");
     println!("cargo::rustc-check-cfg=cfg(ivnet_eth_stats)");
-    println!("cargo::rustc-check-cfg=cfg(ivnet_arp)");
     let autoconf = includes
         .split([';', ' '])
         .map(|d| PathBuf::from(d).join("zephyr/autoconf.h"))
@@ -57,7 +56,6 @@ fn main() {
             ("NET_IPV6", "ivnet_ipv6"),
             ("ETH_IVNET_STATS", "ivnet_stats"),
             ("NET_STATISTICS_ETHERNET", "ivnet_eth_stats"),
-            ("NET_ARP", "ivnet_arp"),
         ] {
             if set(sym) {
                 println!("cargo:rustc-cfg={cfg}");
@@ -86,7 +84,6 @@ fn main() {
         .layout_tests(false)
         .allowlist_function("net_pkt_(rx_alloc_with_buffer|rx_alloc_on_iface|alloc_buffer_raw|read|write|cursor_init|unref|get_len)")
         .allowlist_function("net_recv_data")
-        .allowlist_function("net_arp_clear_cache")
         .allowlist_function("net_buf_simple_(add|tailroom|reserve)")
         .allowlist_function("net_if_(carrier_off|set_link_addr|get_device|set_default)")
         .allowlist_function("net_if_ipv4_(addr_add|set_netmask_by_addr|set_gw)")
@@ -104,7 +101,8 @@ fn main() {
         .allowlist_function("k_poll|k_poll_event_init|k_poll_signal_(init|raise|reset)")
         .allowlist_function("k_sem_(init|give|take)")
         .allowlist_function("k_sleep|k_yield|k_uptime_get")
-        .allowlist_function("k_thread_(create|name_set)")
+        .allowlist_function("k_thread_(create|name_set|priority_set)")
+        .allowlist_function("k_current_get")
         .allowlist_function("k_spin_(lock|unlock)")
         .allowlist_function("k_(aligned_alloc|free)")
         .allowlist_function("k_fatal_halt")

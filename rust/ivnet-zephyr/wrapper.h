@@ -23,10 +23,6 @@
 
 #include "eth_ivnet.h"
 
-/* Zephyr's ARP cache: declared in subsys/net/l2/ethernet/arp.h, which is not a public header
- * (defined when CONFIG_NET_ARP; the driver calls it only then). */
-void net_arp_clear_cache(struct net_if *iface);
-
 /* Values that are macros with casts or expressions, which bindgen does not evaluate. */
 const uint32_t IVNET_SYS_TICKS_PER_SEC = CONFIG_SYS_CLOCK_TICKS_PER_SEC;
 const int IVNET_AF_UNSPEC = AF_UNSPEC;
@@ -35,6 +31,7 @@ const uint32_t IVNET_POLL_STATE_NOT_READY = K_POLL_STATE_NOT_READY;
 const uint32_t IVNET_THREAD_PRIORITY = CONFIG_ETH_IVNET_THREAD_PRIORITY;
 const uint32_t IVNET_RX_BUDGET = CONFIG_ETH_IVNET_RX_BUDGET;
 const uint32_t IVNET_RX_BUSY_MS = CONFIG_ETH_IVNET_RX_BUSY_MS;
+const int IVNET_LOWEST_APP_PRIO = K_LOWEST_APPLICATION_THREAD_PRIO;
 #ifdef CONFIG_ETH_IVNET_RX_CHECKSUM_OFFLOAD
 const bool IVNET_RX_CHECKSUM_OFFLOAD = true;
 #else
