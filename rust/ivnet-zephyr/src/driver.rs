@@ -1192,10 +1192,8 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
     let mut more = false;
     let mut no_buffer_logged = false;
     let mut idle_wakeups = 0u32;
-    // Since when the thread has received full budgets back to back (None: it went idle), and
-    // whether it runs at the lowest application priority because of it.
+    // Since when the thread has received full budgets back to back (None: it went idle).
     let mut busy_since: Option<u64> = None;
-    let mut demoted = false;
     loop {
         let iface = d.iface.load(Ordering::Acquire);
         if !more {
@@ -1237,16 +1235,6 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
         }
         if !matches!(result, RoundResult::More) {
             busy_since = None;
-            if demoted {
-                demoted = false;
-                // SAFETY: sets the priority of the calling thread back to its configured one.
-                unsafe {
-                    sys::k_thread_priority_set(
-                        sys::k_current_get(),
-                        sys::IVNET_THREAD_PRIORITY as c_int,
-                    )
-                };
-            }
         }
         more = match result {
             RoundResult::Idle => false,
@@ -1254,23 +1242,18 @@ unsafe extern "C" fn thread_main(p1: *mut c_void, _: *mut c_void, _: *mut c_void
                 // A full budget and more waiting: let threads of our priority (the
                 // application's, when it shares it) take what we delivered before the next
                 // batch. A streak longer than ETH_IVNET_RX_BUSY_MS (a peer flooding the link
-                // with frames the stack drops) drops the thread to the lowest application
-                // priority until the ring is drained: every other thread runs first, and the
-                // link still gets all the time nobody else wants (no sleep, no lost tick).
+                // with frames the stack drops) also lets lower priorities run: one tick off
+                // (frames wait in the ring).
                 let t = now();
                 let since = *busy_since.get_or_insert(t);
-                if !demoted && t.saturating_sub(since) >= u64::from(sys::IVNET_RX_BUSY_MS) {
-                    demoted = true;
-                    // SAFETY: sets the priority of the calling thread.
-                    unsafe {
-                        sys::k_thread_priority_set(
-                            sys::k_current_get(),
-                            sys::IVNET_LOWEST_APP_PRIO as c_int,
-                        )
-                    };
+                if t.saturating_sub(since) >= u64::from(sys::IVNET_RX_BUSY_MS) {
+                    busy_since = None;
+                    // SAFETY: plain sleep of the link thread.
+                    unsafe { sys::k_sleep(sys::msec(1)) };
+                } else {
+                    // SAFETY: plain yield of the link thread.
+                    unsafe { sys::k_yield() };
                 }
-                // SAFETY: plain yield of the link thread.
-                unsafe { sys::k_yield() };
                 true
             }
             RoundResult::NoBuffer => {
