@@ -92,16 +92,7 @@ impl Client {
             (-1, Some(fd)) => fd,
             _ => return Err(bad("expected the shared memory fd")),
         };
-        let size = fd_size(&shm)?;
-        if !sealed_against_shrinking(&shm) {
-            // Another server's memory (QEMU's ivshmem-server does not seal): a peer that
-            // shrank it would crash us with SIGBUS. Ours always seals it.
-            warn!(
-                "shared memory from {} is not sealed against shrinking",
-                path.display()
-            );
-        }
-        let map = Mapping::new(&shm, size)?;
+        let (map, size) = map_shared(&shm, path)?;
         let mut c = Client {
             stream,
             id,
@@ -150,14 +141,7 @@ impl Client {
             )));
         }
         let shm = shm.ok_or_else(|| bad("INIT came without the shared memory fd"))?;
-        let size = fd_size(&shm)?;
-        if !sealed_against_shrinking(&shm) {
-            warn!(
-                "shared memory from {} is not sealed against shrinking",
-                path.display()
-            );
-        }
-        let map = Mapping::new(&shm, size)?;
+        let (map, size) = map_shared(&shm, path)?;
         let mut c = Client {
             stream,
             id,
@@ -286,6 +270,20 @@ impl Client {
             None => false,
         }
     }
+}
+
+/// Maps the shared memory the server at `path` sent, whole; returns the mapping and its size.
+fn map_shared(shm: &OwnedFd, path: &Path) -> io::Result<(Mapping, usize)> {
+    let size = fd_size(shm)?;
+    if !sealed_against_shrinking(shm) {
+        // Another server's memory (QEMU's ivshmem-server does not seal): a peer that shrank it
+        // would crash us with SIGBUS. Ours always seals it.
+        warn!(
+            "shared memory from {} is not sealed against shrinking",
+            path.display()
+        );
+    }
+    Ok((Mapping::new(shm, size)?, size))
 }
 
 /// Clears an eventfd; returns its count (0 when it was not signalled).

@@ -42,49 +42,12 @@ pub fn send_msg(sock: BorrowedFd<'_>, value: i64, fd: Option<BorrowedFd<'_>>) ->
 /// Receives one message: `Ok(None)` at end of stream.
 pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(i64, Option<OwnedFd>)>> {
     let mut bytes = [0u8; 8];
-    let mut got = 0;
-    let mut fd = None;
-    while got < 8 {
-        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD). With a
-        // smaller buffer the kernel installs the fds that fit and sets MSG_CTRUNC, and nix's
-        // `cmsgs()` then fails without handing us the ones installed, which would never be
-        // closed. We keep the first fd and close the rest.
-        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-        let mut iov = [IoSliceMut::new(&mut bytes[got..])];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let n = msg.bytes;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for f in fds {
-                    // SAFETY: the kernel just installed `f` in our table for us; we own it.
-                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
-            }
-        }
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "ivshmem message cut short",
-            ));
-        }
-        got += n;
-    }
-    Ok(Some((i64::from_le_bytes(bytes), fd)))
+    Ok(recv_exact(sock, &mut bytes)?.map(|fd| (i64::from_le_bytes(bytes), fd)))
 }
 
 /// Receives exactly `buf.len()` bytes, keeping the first fd that rides along (any others are
-/// closed). `Ok(None)` at end of stream before the first byte.
+/// closed). `Ok(None)` at end of stream before the first byte. Both protocols' messages come
+/// through here.
 pub(crate) fn recv_exact(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -92,7 +55,10 @@ pub(crate) fn recv_exact(
     let mut got = 0;
     let mut fd = None;
     while got < buf.len() {
-        // Room for as many fds as one message can carry: see `recv_msg`.
+        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD). With a
+        // smaller buffer the kernel installs the fds that fit and sets MSG_CTRUNC, and nix's
+        // `cmsgs()` then fails without handing us the ones installed, which would never be
+        // closed. We keep the first fd and close the rest.
         let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let mut iov = [IoSliceMut::new(&mut buf[got..])];
         let msg = recvmsg::<()>(
