@@ -11,7 +11,7 @@ use ivnet_host::link::Link;
 use ivnet_host::proto::v2::{self as pv2, Msg};
 
 mod common;
-use common::{link_up, start_v2, wait_for};
+use common::{exchange_frames, link_up, start_v2, wait_for};
 
 const OUT: u64 = 0x7f000;
 
@@ -160,33 +160,7 @@ fn two_links_exchange_frames_both_ways() {
         (0..len).map(|k| (i as usize ^ k) as u8).collect()
     };
     const N: u32 = 20_000;
-    let (mut sa, mut ra, mut sb, mut rb) = (0u32, 0u32, 0u32, 0u32);
-    let mut buf = vec![0u8; 2048];
-    let t = Instant::now();
-    while ra < N || rb < N {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "stalled at {ra}/{rb}"
-        );
-        while sa < N && a.send(&frame(sa)).unwrap() {
-            sa += 1;
-        }
-        a.flush_tx();
-        while sb < N && b.send(&frame(sb + N)).unwrap() {
-            sb += 1;
-        }
-        b.flush_tx();
-        while let Some(n) = b.recv(&mut buf) {
-            assert_eq!(&buf[..n], &frame(rb)[..], "a->b frame {rb}");
-            rb += 1;
-        }
-        while let Some(n) = a.recv(&mut buf) {
-            assert_eq!(&buf[..n], &frame(ra + N)[..], "b->a frame {ra}");
-            ra += 1;
-        }
-        a.reclaim().unwrap();
-        b.reclaim().unwrap();
-    }
+    exchange_frames(&mut a, &mut b, N, frame);
     assert_eq!((a.stats.protocol_resets, b.stats.protocol_resets), (0, 0));
     assert_eq!((a.stats.tx_frames, b.stats.rx_frames), (N as u64, N as u64));
     // The frames went through the sections of the Jailhouse layout: a (id 0) wrote at 0x1000.

@@ -108,3 +108,35 @@ pub fn link_up(a: &mut Link, b: &mut Link) {
     });
     assert!(a.carrier() && b.carrier());
 }
+
+/// Sends `n` frames each way between two running link ends, every one compared as it arrives
+/// (a's frames are `frame(0..n)`, b's `frame(n..2n)`, lengths 60..1514); fails after 60 s.
+pub fn exchange_frames(a: &mut Link, b: &mut Link, n: u32, frame: impl Fn(u32) -> Vec<u8>) {
+    let (mut sa, mut ra, mut sb, mut rb) = (0u32, 0u32, 0u32, 0u32);
+    let mut buf = vec![0u8; 2048];
+    let t = Instant::now();
+    while ra < n || rb < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "stalled at {ra}/{rb}"
+        );
+        while sa < n && a.send(&frame(sa)).unwrap() {
+            sa += 1;
+        }
+        a.flush_tx();
+        while sb < n && b.send(&frame(sb + n)).unwrap() {
+            sb += 1;
+        }
+        b.flush_tx();
+        while let Some(len) = b.recv(&mut buf) {
+            assert_eq!(&buf[..len], &frame(rb)[..], "a->b frame {rb}");
+            rb += 1;
+        }
+        while let Some(len) = a.recv(&mut buf) {
+            assert_eq!(&buf[..len], &frame(ra + n)[..], "b->a frame {ra}");
+            ra += 1;
+        }
+        a.reclaim().unwrap();
+        b.reclaim().unwrap();
+    }
+}
