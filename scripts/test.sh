@@ -86,15 +86,26 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
   fi
   conf=${IVNET_CONF_DIR:-$conf}
   python3 scripts/sync-tree.py "$here" "$modcopy" || { echo "sync-tree failed"; exit 1; }
-  declare -A modpath=([picolibc]=modules/lib/picolibc [mbedtls]=modules/crypto/mbedtls [zcbor]=modules/lib/zcbor)
-  while read -r row path args; do
-    case "$row" in ''|'#'*) continue ;; esac
-    needs=""
+  # The image lists (conformance-samples.txt, v2-images.txt) may name the workspace modules a
+  # row needs (`needs=a,b` first among its arguments): split_needs sets $needs and $args from
+  # a row's argument text, lacking_modules says which of $needs the workspace lacks.
+  declare -A modpath=([picolibc]=modules/lib/picolibc [mbedtls]=modules/crypto/mbedtls [zcbor]=modules/lib/zcbor
+                      [open-amp]=modules/lib/open-amp [libmetal]=modules/hal/libmetal)
+  split_needs() {
+    needs="" args=$1
     case "$args" in needs=*) needs=${args%% *}; args=${args#"$needs"}; args=${args# }; needs=${needs#needs=} ;; esac
-    lacking=""
+  }
+  lacking_modules() {
+    local m out=""
     for m in ${needs//,/ }; do
-      [ -f "$ws/${modpath[$m]:-modules/$m}/zephyr/module.yml" ] || lacking+=" $m"
+      [ -f "$ws/${modpath[$m]:-modules/$m}/zephyr/module.yml" ] || out+=" $m"
     done
+    printf %s "$out"
+  }
+  while read -r row path rest; do
+    case "$row" in ''|'#'*) continue ;; esac
+    split_needs "$rest"
+    lacking=$(lacking_modules)
     if [ -n "$lacking" ]; then
       printf '\n\033[1;31m!!! conformance row %s needs the module(s)%s, which %s lacks: NOT BUILT\n!!! (docs/zephyr-workspace.md)\033[0m\n' "$row" "$lacking" "$ws"
       continue
@@ -119,15 +130,10 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     bash -c 'bash scripts/qemu-build.sh >"$0"' "$confroot/qemu-v2.path"
   qemu_v2=$(cat "$confroot/qemu-v2.path" 2>/dev/null || true)
   v2=$conf/v2
-  declare -A v2mod=([picolibc]=modules/lib/picolibc [open-amp]=modules/lib/open-amp [libmetal]=modules/hal/libmetal [zcbor]=modules/lib/zcbor)
-  while read -r name app snip args; do
+  while read -r name app snip rest; do
     case "$name" in ''|'#'*) continue ;; esac
-    needs=""
-    case "$args" in needs=*) needs=${args%% *}; args=${args#"$needs"}; args=${args# }; needs=${needs#needs=} ;; esac
-    lacking=""
-    for m in ${needs//,/ }; do
-      [ -f "$ws/${v2mod[$m]:-modules/$m}/zephyr/module.yml" ] || lacking+=" $m"
-    done
+    split_needs "$rest"
+    lacking=$(lacking_modules)
     if [ -n "$lacking" ]; then
       printf '\n\033[1;31m!!! ivshmem 2.0 image %s needs the module(s)%s, which %s lacks: NOT BUILT\n!!! (docs/zephyr-workspace.md)\033[0m\n' "$name" "$lacking" "$ws"
       continue
