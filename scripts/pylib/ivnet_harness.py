@@ -168,6 +168,7 @@ class Console:
         """Connects to `path` (retrying until `timeout`, or until `proc` exits)."""
         self.name, self.con_path, self.log_path, self.proc = name, path, log_path, proc
         self.buf = ""
+        self.last_rx = time.monotonic()
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_UNIX)
         end = time.time() + timeout
@@ -197,6 +198,7 @@ class Console:
             log.flush()
             with self.lock:
                 self.buf += text
+                self.last_rx = time.monotonic()
 
     def mark(self) -> int:
         with self.lock:
@@ -218,9 +220,25 @@ class Console:
                 raise RuntimeError(f"{self.name}: QEMU exited ({self.proc.returncode})")
             time.sleep(0.05)
 
+    def quiet(self, ms: float = 50, limit: float = 3) -> None:
+        """Waits until the console has printed nothing for `ms` milliseconds (at most `limit`
+        seconds). Zephyr 4.3's shell, when a command arrives while it is printing queued log
+        messages, leaves the rest in its queue until the next message is logged, which on a
+        quiet system is never (seen with a debugger: the driver's "carrier on" queued, no
+        thread woken for it). The boot log is such a burst."""
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            with self.lock:
+                idle = time.monotonic() - self.last_rx
+            if idle >= ms / 1000:
+                return
+            time.sleep(max(0.005, ms / 1000 - idle))
+
     def shell(self, cmd: str, expect: str | None = None, timeout: float = 20) -> str:
-        """Runs a shell command; waits for `expect` (default: the next prompt) and returns the
-        output since the command was sent."""
+        """Runs a shell command, typed once the console is quiet (see `quiet`); waits for
+        `expect` (default: the next prompt) and returns the output since the command was
+        sent."""
+        self.quiet()
         since = self.mark()
         self.sock.sendall(cmd.encode() + b"\r\n")
         m = self.wait_for(expect or re.escape(self.PROMPT), timeout, since)
