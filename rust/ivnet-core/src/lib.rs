@@ -7,6 +7,8 @@
 //! - [`geometry`]: where the virtqueue and the data area sit in an output section;
 //! - [`queue`]: the TX and RX split virtqueues with swapped used rings and event indices;
 //! - [`state`]: the RESET/INIT/READY/RUN link state machine as a pure function;
+//! - [`endpoint`]: one end of a link, that state machine over a transport's state words and
+//!   the queues, as every program runs it;
 //! - [`liveness`]: judging a peer that stays in RUN but stops completing frames;
 //! - [`ratelimit`]: one log message per interval for errors a peer can trigger;
 //! - [`cell`]: the configuration file the host hands a cell (MAC, addresses) through fw_cfg;
@@ -35,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod cell;
+pub mod endpoint;
 pub mod error;
 pub mod geometry;
 pub mod liveness;

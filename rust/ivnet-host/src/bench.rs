@@ -3,7 +3,7 @@
 //! Two threads play the two peers of one link over ONE shared memory region: a memfd of the
 //! link's size (1 MiB by default, what `ivnet server --size 1M` creates) mapped twice, once per
 //! peer, with the v1 layout of [`ivnet_core::v1`]. The owner table is written as the server
-//! writes it; each peer then runs the real link state machine ([`ivnet_core::state::settle`])
+//! writes it; each peer then runs the real link endpoint ([`ivnet_core::endpoint::Endpoint`])
 //! up to RUN, which resets its queue on the way.
 //!
 //! One peer sends frames through [`ivnet_core::queue::TxQueue`] (`reserve`, copy into the slot,
@@ -30,9 +30,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ivnet_core::endpoint::{Endpoint, V1Words};
 use ivnet_core::geometry::frame_slot_size;
 use ivnet_core::queue::{Queues, MIN_FRAME};
-use ivnet_core::state::{settle, LinkState};
 use ivnet_core::v1::{self, V1Region};
 use ivnet_core::ProtocolError;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -365,15 +365,13 @@ fn verify(pattern: &[u8], frame: &[u8], len: usize, want: usize, seq: u64) -> Re
     Ok(())
 }
 
-/// One peer: its slot, the v1 view of the region and the queues over the two sections.
-struct Peer<'m> {
-    v1: V1Region<'m>,
-    slot: usize,
-    q: Queues<'m, Vec<u32>>,
-}
-
 fn protocol(who: &str) -> impl Fn(ProtocolError) -> String + '_ {
     move |e| format!("{who}: protocol error: {e}")
+}
+
+/// One peer: the link endpoint over its slot of the v1 region.
+struct Peer<'m> {
+    ep: Endpoint<'m, V1Words<'m>, Vec<u32>>,
 }
 
 impl<'m> Peer<'m> {
@@ -382,33 +380,21 @@ impl<'m> Peer<'m> {
         let section = |s| v1.section(s).map_err(|e| format!("section {s}: {e:?}"));
         let (own, peer) = (section(slot)?, section(1 - slot)?);
         let slots = vec![0u32; Queues::<Vec<u32>>::slots_needed(own.len())];
-        let q = Queues::new(own, peer, slots).map_err(|e| e.to_string())?;
-        Ok(Peer { v1, slot, q })
+        let ep = Endpoint::new(V1Words { ctl: v1, slot }, own, peer, slots)
+            .map_err(|e| e.to_string())?;
+        Ok(Peer { ep })
     }
 
-    /// Runs the link state machine until this side is RUN (resetting the queue on the way).
+    /// Runs the link state machine until this side is RUN (resetting the queue on the way;
+    /// both peers poll, so the doorbells the effects ask for are not needed).
     fn link_up(&mut self, sh: &Shared<'_>, who: &str) -> Result<(), String> {
-        let (v1, slot) = (self.v1, self.slot);
-        let q = &mut self.q;
-        let mut st = LinkState::Reset;
-        v1.set_state(slot, st.raw())
-            .map_err(|e| format!("{who}: {e:?}"))?;
+        self.ep.reset();
         let t = Instant::now();
         loop {
-            st = settle(
-                st,
-                true,
-                || v1.peer_state(slot),
-                |_, tr| {
-                    if tr.reset_queues {
-                        q.reset()?;
-                    }
-                    v1.set_state(slot, tr.next.raw())?;
-                    Ok(())
-                },
-            )
-            .map_err(protocol(who))?;
-            if st == LinkState::Run {
+            if let Some(e) = self.ep.update().error {
+                return Err(protocol(who)(e));
+            }
+            if self.ep.running() {
                 return Ok(());
             }
             sh.check()?;
@@ -440,7 +426,7 @@ fn sender(
     p.link_up(sh, WHO)?;
     sh.start_line()?;
     let end = Instant::now() + dur;
-    let tx = &mut p.q.tx;
+    let tx = &mut p.ep.queues.tx;
     let mut st = SenderStats::default();
     let mut seen = 0u64;
     let mut seq = 0u64;
@@ -522,7 +508,7 @@ fn receiver(
     p.link_up(sh, WHO)?;
     sh.start_line()?;
     let start = Instant::now();
-    let rx = &mut p.q.rx;
+    let rx = &mut p.ep.queues.rx;
     let mut st = ReceiverStats::default();
     let mut buf = vec![0u8; size];
     let mut seen = 0u64;

@@ -8,10 +8,11 @@
 
 use std::io;
 
+use ivnet_core::endpoint::{Effects, Endpoint, StateWords, V1Words};
 use ivnet_core::queue::{Queues, RxFrame, MIN_FRAME};
 use ivnet_core::ratelimit::RateLimit;
-use ivnet_core::shm::{OutOfBounds, Region};
-use ivnet_core::state::{settle, LinkState, Transition};
+use ivnet_core::shm::Region;
+use ivnet_core::state::LinkState;
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
 use ivnet_core::v2::{V2Region, PROTOCOL_NET};
 use ivnet_core::ProtocolError;
@@ -57,27 +58,39 @@ pub fn millis() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Where the state words live: the v1 control page (by slot) or the v2 state table (by id).
+/// Where the state words live: the v1 control page (by slot) or the v2 state table (by id),
+/// which the host peer writes by hand (there is no device), ringing the peer's vector 0 after
+/// every change on both.
 #[derive(Clone, Copy)]
 enum Layout {
-    V1 { v1: V1Region<'static>, slot: usize },
+    V1(V1Words<'static>),
     V2(V2Region<'static>),
 }
 
-impl Layout {
+impl StateWords for Layout {
     fn peer_state(&self) -> Result<LinkState, ProtocolError> {
         match self {
-            Layout::V1 { v1, slot } => v1.peer_state(*slot),
-            Layout::V2(v2) => v2.peer_state(),
+            Layout::V1(w) => w.peer_state(),
+            Layout::V2(w) => StateWords::peer_state(w),
         }
     }
 
-    fn set_state(&self, raw: u32) -> Result<(), OutOfBounds> {
+    fn set_state(&self, s: LinkState) -> Result<(), ProtocolError> {
         match self {
-            Layout::V1 { v1, slot } => v1.set_state(*slot, raw),
-            // Whether it changed does not matter: the caller rings after every transition.
-            Layout::V2(v2) => v2.set_state(raw).map(|_| ()),
+            Layout::V1(w) => w.set_state(s),
+            Layout::V2(w) => StateWords::set_state(w, s),
         }
+    }
+
+    fn peer_id(&self) -> Option<u32> {
+        match self {
+            Layout::V1(w) => w.peer_id(),
+            Layout::V2(w) => StateWords::peer_id(w),
+        }
+    }
+
+    fn rings_on_state_change(&self) -> bool {
+        true
     }
 }
 
@@ -86,12 +99,9 @@ pub struct Link {
     /// The link's views of the client's mapping. They are `'static` only inside this struct:
     /// the Link owns the client, so the memory stays mapped while they exist, and no method
     /// hands a region out for longer than a borrow of the Link.
-    layout: Layout,
-    queues: Queues<'static, Vec<u32>>,
+    ep: Endpoint<'static, Layout, Vec<u32>>,
     client: Client,
     slot: usize,
-    state: LinkState,
-    up: bool,
     carrier: bool,
     /// Vectors rung while the peer's eventfds were not known yet (bit per vector): the peer
     /// announced itself in the owner table before the server's message with its eventfds
@@ -113,7 +123,7 @@ impl Link {
     pub fn new(client: Client) -> io::Result<Link> {
         // SAFETY: the region lives in the mapping of `client`, which the Link owns (moving the
         // client does not move the memory); the Link uses it only through `layout` and
-        // `queues`, which are private, and lends it out only as `&Region<'_>` borrowed from
+        // `ep`, which is private, and lends it out only as `&Region<'_>` borrowed from
         // the Link.
         let region = unsafe { client.mapping().region_unbounded() };
         if let Some(info) = client.v2() {
@@ -165,7 +175,13 @@ impl Link {
         let peer = v1
             .section(1 - slot)
             .map_err(|e| invalid(format!("{e:?}")))?;
-        Link::finish(client, Layout::V1 { v1, slot }, slot, own, peer)
+        Link::finish(
+            client,
+            Layout::V1(V1Words { ctl: v1, slot }),
+            slot,
+            own,
+            peer,
+        )
     }
 
     fn finish(
@@ -176,20 +192,18 @@ impl Link {
         peer: Region<'static>,
     ) -> io::Result<Link> {
         let slots = vec![0u32; Queues::<Vec<u32>>::slots_needed(own.len())];
-        let queues = Queues::new(own, peer, slots).map_err(|e| invalid(e.to_string()))?;
-        let link = Link {
+        let ep = Endpoint::new(layout, own, peer, slots).map_err(|e| invalid(e.to_string()))?;
+        let mut link = Link {
             client,
-            layout,
+            ep,
             slot,
-            queues,
-            state: LinkState::Reset,
-            up: true,
             carrier: false,
             pending_rings: 0,
             errors: RateLimit::new(1000),
             stats: Stats::default(),
         };
-        link.publish_state(LinkState::Reset);
+        // RESET published; nobody to ring yet (the peer rings when it comes).
+        link.ep.reset();
         info!(
             "link: id {} in slot {}{}",
             link.client.id(),
@@ -215,12 +229,12 @@ impl Link {
 
     /// Our link state.
     pub fn state(&self) -> LinkState {
-        self.state
+        self.ep.state()
     }
 
     /// True while frames can flow (both ends READY or RUN and we are RUN).
     pub fn running(&self) -> bool {
-        self.state == LinkState::Run
+        self.ep.running()
     }
 
     /// Carrier as the state machine last set it.
@@ -228,20 +242,9 @@ impl Link {
         self.carrier
     }
 
-    fn peer_id(&self) -> Option<u32> {
-        match &self.layout {
-            Layout::V1 { v1, slot } => v1.owner(1 - slot).ok().flatten(),
-            Layout::V2(v2) => Some(v2.peer()),
-        }
-    }
-
-    fn publish_state(&self, s: LinkState) {
-        let _ = self.layout.set_state(s.raw());
-    }
-
     /// Rings the peer's vector `v`, if there is a peer.
     pub fn ring(&mut self, v: u16) {
-        if let Some(p) = self.peer_id() {
+        if let Some(p) = self.ep.peer_id() {
             if self.client.ring(p, v) {
                 self.stats.doorbells += 1;
             } else {
@@ -261,48 +264,53 @@ impl Link {
 
     /// Brings the interface up or down (down leaves the link: the peer sees RESET).
     pub fn set_up(&mut self, up: bool) {
-        self.up = up;
+        self.ep.set_up(up);
         self.update_state();
     }
 
     /// Re-reads the peer's state and runs the state machine until it settles.
     pub fn update_state(&mut self) {
-        let before = self.state;
-        let mut effects: Vec<Transition> = Vec::new();
-        let queues = &mut self.queues;
-        let layout = self.layout;
-        let r = settle(
-            self.state,
-            self.up,
-            || layout.peer_state(),
-            |_, t| {
-                if t.reset_queues {
-                    queues.reset()?;
-                }
-                layout.set_state(t.next.raw())?;
-                effects.push(*t);
-                Ok(())
-            },
-        );
-        match r {
-            Ok(s) => self.state = s,
-            Err(e) => return self.protocol_reset(e),
-        }
-        for t in &effects {
-            if let Some(c) = t.carrier {
-                self.set_carrier(c);
-            }
-        }
-        if !effects.is_empty() {
-            self.ring(VECTOR_STATE);
-        }
-        self.stats.state_changes += effects.len() as u64;
-        if before != self.state {
-            info!("link: {:?} -> {:?}", before, self.state);
+        let before = self.ep.state();
+        let fx = self.ep.update();
+        self.apply(fx);
+        if before != self.ep.state() {
+            info!("link: {:?} -> {:?}", before, self.ep.state());
         }
         if self.running() {
             // Ask for a doorbell on the peer's next frame.
-            let _ = self.queues.rx.enable_notify();
+            let _ = self.ep.queues.rx.enable_notify();
+        }
+    }
+
+    /// Carries out what the endpoint asked for: logs, counters, carrier, doorbell.
+    fn apply(&mut self, fx: Effects) {
+        if let Some((old, new)) = fx.replaced {
+            self.log_peer_error(format_args!(
+                "the peer slot's owner changed from {old:?} to {new:?}"
+            ));
+        }
+        if let Some(e) = fx.error {
+            self.log_peer_error(format_args!("peer protocol error: {e}"));
+            self.stats.protocol_resets += 1;
+        }
+        self.stats.state_changes += u64::from(fx.transitions);
+        if let Some(c) = fx.carrier {
+            self.set_carrier(c);
+        }
+        if fx.ring_state {
+            self.ring(VECTOR_STATE);
+        }
+    }
+
+    /// Logs what a peer caused, at most once a second.
+    fn log_peer_error(&mut self, what: std::fmt::Arguments<'_>) {
+        if let Some(n) = self.errors.check(millis()) {
+            let more = if n > 0 {
+                format!(" ({n} more since the last one logged)")
+            } else {
+                String::new()
+            };
+            error!("link: {what}, resetting the link{more}");
         }
     }
 
@@ -318,19 +326,11 @@ impl Link {
 
     /// The peer broke the protocol: log it, drop the carrier and start over from RESET.
     pub fn protocol_reset(&mut self, e: ProtocolError) {
-        if let Some(n) = self.errors.check(millis()) {
-            let more = if n > 0 {
-                format!(" ({n} more since the last one logged)")
-            } else {
-                String::new()
-            };
-            error!("link: peer protocol error, resetting the link: {e}{more}");
-        }
-        self.stats.protocol_resets += 1;
-        self.state = LinkState::Reset;
-        self.publish_state(LinkState::Reset);
-        self.set_carrier(false);
-        self.ring(VECTOR_STATE);
+        let fx = Effects {
+            error: Some(e),
+            ..self.ep.reset()
+        };
+        self.apply(fx);
     }
 
     /// Handles a message from the server (peer joined or left). Errors when the server went
@@ -356,7 +356,7 @@ impl Link {
 
     /// Frees completed TX frames. Errors reset the link and are returned.
     pub fn reclaim(&mut self) -> Result<u16, ProtocolError> {
-        let r = self.queues.tx.reclaim();
+        let r = self.ep.queues.tx.reclaim();
         if let Err(e) = r {
             self.protocol_reset(e);
         }
@@ -374,7 +374,7 @@ impl Link {
             self.stats.runts_dropped += 1;
             return Ok(true);
         }
-        let r = self.queues.tx.send(frame);
+        let r = self.ep.queues.tx.send(frame);
         match r {
             Ok(true) => {
                 self.stats.tx_frames += 1;
@@ -396,11 +396,11 @@ impl Link {
         if !self.running() {
             return Ok(None);
         }
-        let Some(slot) = self.queues.tx.reserve(max) else {
+        let Some(slot) = self.ep.queues.tx.reserve(max) else {
             self.stats.ring_full += 1;
             return Ok(None);
         };
-        let Some(n) = fill(self.queues.tx.region(), slot.offset()) else {
+        let Some(n) = fill(self.ep.queues.tx.region(), slot.offset()) else {
             return Ok(None);
         };
         if n < MIN_FRAME as usize {
@@ -409,7 +409,7 @@ impl Link {
             return Ok(Some(n));
         }
         let slot = slot.shrink(n);
-        if let Err(e) = self.queues.tx.push(slot) {
+        if let Err(e) = self.ep.queues.tx.push(slot) {
             self.protocol_reset(e);
             return Err(e);
         }
@@ -420,12 +420,12 @@ impl Link {
 
     /// True when a frame of `len` bytes would fit now.
     pub fn tx_room(&self, len: usize) -> bool {
-        self.running() && self.queues.tx.reserve(len).is_some()
+        self.running() && self.ep.queues.tx.reserve(len).is_some()
     }
 
     /// Publishes queued frames and rings the peer if it asked for it.
     pub fn flush_tx(&mut self) {
-        match self.queues.tx.publish() {
+        match self.ep.queues.tx.publish() {
             Ok(true) => self.ring(VECTOR_DATA),
             Ok(false) => {}
             Err(e) => self.protocol_reset(e),
@@ -435,7 +435,7 @@ impl Link {
     /// Asks for a doorbell when completions free room; returns true when room appeared
     /// meanwhile.
     pub fn wait_tx_room(&mut self, len: usize) -> bool {
-        if let Err(e) = self.queues.tx.request_completion_notify() {
+        if let Err(e) = self.ep.queues.tx.request_completion_notify() {
             self.protocol_reset(e);
             return false;
         }
@@ -466,11 +466,11 @@ impl Link {
         }
         let mut n = 0;
         while n < budget {
-            match self.queues.rx.poll() {
+            match self.ep.queues.rx.poll() {
                 Ok(Some(f)) => {
                     self.stats.rx_bytes += f.len as u64;
-                    deliver(self.queues.rx.region(), f);
-                    if let Err(e) = self.queues.rx.complete(f) {
+                    deliver(self.ep.queues.rx.region(), f);
+                    if let Err(e) = self.ep.queues.rx.complete(f) {
                         self.protocol_reset(e);
                         return (n, false);
                     }
@@ -484,19 +484,13 @@ impl Link {
             }
         }
         self.stats.rx_frames += n as u64;
-        match self.queues.rx.publish() {
-            Ok(true) => self.ring(VECTOR_DATA),
-            Ok(false) => {}
-            Err(e) => {
-                self.protocol_reset(e);
-                return (n, false);
+        match self.ep.finish_rx(n == budget) {
+            Ok(done) => {
+                if done.ring_data {
+                    self.ring(VECTOR_DATA);
+                }
+                (n, done.more)
             }
-        }
-        if n == budget {
-            return (n, true);
-        }
-        match self.queues.rx.enable_notify() {
-            Ok(more) => (n, more),
             Err(e) => {
                 self.protocol_reset(e);
                 (n, false)
@@ -527,7 +521,7 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        self.publish_state(LinkState::Reset);
+        self.ep.reset();
         self.ring(VECTOR_STATE);
     }
 }

@@ -11,11 +11,12 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use critical_section::Mutex;
+use ivnet_core::endpoint::{Effects, Endpoint, StateWords, V1Words};
 use ivnet_core::liveness::{Progress, WaitBudget};
 use ivnet_core::queue::{Queues, RxFrame};
 use ivnet_core::ratelimit::RateLimit;
 use ivnet_core::shm::Region;
-use ivnet_core::state::{settle, LinkState};
+use ivnet_core::state::LinkState;
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
 use ivnet_core::ProtocolError;
 
@@ -68,16 +69,16 @@ impl Stats {
 enum Transport {
     /// Upstream QEMU's ivshmem-doorbell: the flat region with the ivnet control page (state
     /// words and slot owners), managed by the ivnet server.
-    V1 { ctl: V1Region<'static>, slot: usize },
+    V1(V1Words<'static>),
     /// ivshmem 2.0 (Jailhouse): the device's state table and STATE register; peer = 1 - id.
     #[cfg(ivshmem_v2)]
     V2 { dev: *const device, id: u32 },
 }
 
-impl Transport {
+impl StateWords for Transport {
     fn peer_state(&self) -> Result<LinkState, ProtocolError> {
         match *self {
-            Transport::V1 { ctl, slot } => ctl.peer_state(slot),
+            Transport::V1(w) => w.peer_state(),
             #[cfg(ivshmem_v2)]
             Transport::V2 { dev, id } => {
                 // SAFETY: dev is the ready ivshmem v2 device; the state table is read-only to us.
@@ -89,7 +90,7 @@ impl Transport {
 
     fn set_state(&self, s: LinkState) -> Result<(), ProtocolError> {
         match *self {
-            Transport::V1 { ctl, slot } => Ok(ctl.set_state(slot, s.raw())?),
+            Transport::V1(w) => w.set_state(s),
             #[cfg(ivshmem_v2)]
             Transport::V2 { dev, .. } => {
                 // SAFETY: dev is the ready ivshmem v2 device. The STATE register write is
@@ -100,10 +101,9 @@ impl Transport {
         }
     }
 
-    /// The peer's ivshmem id, if there is a peer.
     fn peer_id(&self) -> Option<u32> {
         match *self {
-            Transport::V1 { ctl, slot } => ctl.owner(1 - slot).ok().flatten(),
+            Transport::V1(w) => w.peer_id(),
             #[cfg(ivshmem_v2)]
             Transport::V2 { id, .. } => Some(1 - id),
         }
@@ -111,26 +111,18 @@ impl Transport {
 
     /// v1 has no hardware state table: a state change must be announced with a doorbell.
     fn rings_on_state_change(&self) -> bool {
-        matches!(self, Transport::V1 { .. })
+        matches!(self, Transport::V1(_))
     }
 }
 
 /// Link state shared by the link thread and send().
 struct Link {
-    t: Transport,
-    queues: Queues<'static, &'static mut [u32]>,
-    state: LinkState,
-    /// The interface is administratively up (start/stop).
-    up: bool,
-    /// Bumped on every queue reset: a frame polled before a reset is not completed after it.
-    generation: u32,
+    /// The state machine over the transport's state words, and the queues (the endpoint's
+    /// generation, bumped on every queue reset, keeps a frame polled before a reset from
+    /// being completed after it).
+    ep: Endpoint<'static, Transport, &'static mut [u32]>,
     /// send() is waiting for ring space.
     tx_waiting: bool,
-    /// The peer's id when the link entered RUN: on ivshmem-doorbell the owner table says who
-    /// the peer is, and a different id there (a peer replaced faster than we looked, or an
-    /// owner word overwritten) means the peer we ran with is gone: RESET, and doorbells no
-    /// longer go to an id nobody may hold.
-    run_peer: Option<u32>,
     /// When the peer last completed a frame of ours (see ivnet_core::liveness).
     progress: Progress,
     /// How much of the TX thread's time send() may spend waiting for this peer.
@@ -148,79 +140,34 @@ struct Link {
     stats: Stats,
 }
 
-/// What the link thread must do after a state update, outside the critical section.
-#[derive(Default)]
-struct Effects {
-    ring_state: bool,
-    carrier: Option<bool>,
-    entered_run: bool,
-}
-
 impl Link {
-    fn peer_id(&self) -> Option<u32> {
-        self.t.peer_id()
-    }
-
+    /// Runs the state machine; what it returns is applied by the link thread outside the
+    /// critical section.
     fn update(&mut self) -> Effects {
-        let mut fx = Effects::default();
-        let before = self.state;
-        let tr = self.t;
-        let queues = &mut self.queues;
-        let generation = &mut self.generation;
-        let mut transitions = 0u32;
-        // A different peer id counts as the peer's RESET once: we leave RUN, and then wait
-        // in RESET for whoever holds the slot to go through RESET too.
-        let holder = tr.peer_id();
-        let mut replaced = before == LinkState::Run && holder != self.run_peer;
-        if replaced {
+        let before = self.ep.state();
+        let mut fx = self.ep.update();
+        if let Some((old, new)) = fx.replaced {
             if let Some(n) = self.errors.check(now()) {
                 wrn!(
                     "ivnet{}: the peer slot's owner changed from {:?} to {:?}: resetting the link{}",
                     self.instance,
-                    self.run_peer,
-                    holder,
+                    old,
+                    new,
                     Suppressed(n)
                 );
             }
         }
-        let r = settle(
-            self.state,
-            self.up,
-            || {
-                if core::mem::take(&mut replaced) {
-                    Ok(LinkState::Reset)
-                } else {
-                    tr.peer_state()
-                }
-            },
-            |_, t| {
-                if t.reset_queues {
-                    queues.reset()?;
-                    *generation = generation.wrapping_add(1);
-                }
-                tr.set_state(t.next)?;
-                transitions += 1;
-                fx.ring_state = tr.rings_on_state_change();
-                if t.carrier.is_some() {
-                    fx.carrier = t.carrier;
-                }
-                Ok::<(), ProtocolError>(())
-            },
-        );
-        match r {
-            Ok(s) => self.state = s,
-            Err(e) => return self.protocol_reset(e),
+        self.stats.state_changes = self.stats.state_changes.wrapping_add(fx.transitions);
+        self.work = self.work.wrapping_add(fx.transitions);
+        if let Some(e) = fx.error.take() {
+            self.log_protocol_error(e);
+            return self.after_reset(fx);
         }
-        if self.state == LinkState::Run && before != LinkState::Run {
-            fx.entered_run = true;
-            self.run_peer = self.t.peer_id();
+        if fx.entered_run {
             self.progress.restart(now());
-            let _ = self.queues.rx.enable_notify();
         }
-        self.stats.state_changes = self.stats.state_changes.wrapping_add(transitions);
-        self.work = self.work.wrapping_add(transitions);
-        if before != self.state {
-            dbg!("link: {:?} -> {:?}", before, self.state);
+        if before != self.ep.state() {
+            dbg!("link: {:?} -> {:?}", before, self.ep.state());
         }
         fx
     }
@@ -228,9 +175,9 @@ impl Link {
     /// Frees what the peer completed and records its progress; false (and the link reset)
     /// when the completions break the protocol.
     fn reclaim(&mut self) -> Result<(), Effects> {
-        match self.queues.tx.reclaim() {
+        match self.ep.queues.tx.reclaim() {
             Ok(n) => {
-                let in_flight = self.queues.tx.in_flight();
+                let in_flight = self.ep.queues.tx.in_flight();
                 self.progress.note(now(), n, in_flight);
                 self.work = self.work.wrapping_add(u32::from(n));
                 Ok(())
@@ -247,16 +194,23 @@ impl Link {
             wrn!(
                 "ivnet{}: peer completed none of {} frames in flight for {} ms: resetting the link{}",
                 self.instance,
-                self.queues.tx.in_flight(),
+                self.ep.queues.tx.in_flight(),
                 sys::IVNET_PEER_TIMEOUT_MS,
                 Suppressed(n)
             );
         }
         self.stats.peer_stalls += 1;
-        self.reset_to(LinkState::Reset)
+        let fx = self.ep.reset();
+        self.after_reset(fx)
     }
 
     fn protocol_reset(&mut self, e: ProtocolError) -> Effects {
+        self.log_protocol_error(e);
+        let fx = self.ep.reset();
+        self.after_reset(fx)
+    }
+
+    fn log_protocol_error(&mut self, e: ProtocolError) {
         if let Some(n) = self.errors.check(now()) {
             err!(
                 "ivnet{}: peer broke the ivshmem-net protocol, resetting the link: {}{}",
@@ -266,20 +220,15 @@ impl Link {
             );
         }
         self.stats.protocol_resets += 1;
-        self.reset_to(LinkState::Reset)
     }
 
-    fn reset_to(&mut self, s: LinkState) -> Effects {
+    /// The link was reset: a waiting sender gives up, and the link thread applies the
+    /// effects at its next round if the reset happened in send().
+    fn after_reset(&mut self, fx: Effects) -> Effects {
         self.work = self.work.wrapping_add(1);
-        self.state = s;
-        let _ = self.t.set_state(s);
         self.tx_waiting = false;
         self.reset_pending = true;
-        Effects {
-            ring_state: self.t.rings_on_state_change(),
-            carrier: Some(false),
-            entered_run: false,
-        }
+        fx
     }
 }
 
@@ -428,7 +377,13 @@ fn attach(cfg: &sys::ivnet_config, ivshmem: *const device) -> Result<Attached, c
         }
     };
     match (ctl.section(slot), ctl.section(1 - slot)) {
-        (Ok(own), Ok(peer)) => Ok((Transport::V1 { ctl, slot }, own, peer, id, VECTOR_DATA)),
+        (Ok(own), Ok(peer)) => Ok((
+            Transport::V1(V1Words { ctl, slot }),
+            own,
+            peer,
+            id,
+            VECTOR_DATA,
+        )),
         _ => Err(-(sys::EINVAL as c_int)),
     }
 }
@@ -520,13 +475,15 @@ pub unsafe fn init(dev: *const device) -> c_int {
         ptr::write_bytes(table, 0, n);
         core::slice::from_raw_parts_mut(table, n)
     };
-    let queues = match Queues::new(own, peer, slots) {
-        Ok(q) => q,
+    let mut ep = match Endpoint::new(t, own, peer, slots) {
+        Ok(ep) => ep,
         Err(e) => {
             err!("ivnet{}: {}", cfg.instance, e);
             return -(sys::EINVAL as c_int);
         }
     };
+    // Down until the stack starts the interface.
+    ep.set_up(false);
     let _ = t.set_state(LinkState::Reset);
     // After a warm reset of this VM (MCUmgr reset, sys_reboot) the peer may still be in RUN
     // with us: it must see us go to RESET, or both wait for each other forever. On a doorbell
@@ -537,7 +494,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
             unsafe { sys::ivshmem_int_peer(ivshmem, p, VECTOR_STATE) };
         }
     }
-    let qlen = queues.geometry().qlen;
+    let qlen = ep.queues.geometry().qlen;
     let size = own.len();
 
     // SAFETY: plain allocation from the kernel heap; checked for null below.
@@ -563,13 +520,8 @@ pub unsafe fn init(dev: *const device) -> c_int {
         // SAFETY: as above.
         tx_room: UnsafeCell::new(unsafe { core::mem::zeroed() }),
         link: Mutex::new(RefCell::new(Link {
-            t,
-            queues,
-            state: LinkState::Reset,
-            up: false,
-            generation: 0,
+            ep,
             tx_waiting: false,
-            run_peer: None,
             progress: Progress::new(sys::IVNET_TX_WAIT_MS, sys::IVNET_PEER_TIMEOUT_MS),
             wait_budget: WaitBudget::new(
                 WAIT_WINDOW_MS,
@@ -638,7 +590,7 @@ pub unsafe fn init(dev: *const device) -> c_int {
     }
     inf!(
         "ivnet{}: ivshmem {} id {}, sections of {} KiB, queue {} entries, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        cfg.instance, match t { Transport::V1 { .. } => "v1", #[cfg(ivshmem_v2)] Transport::V2 { .. } => "v2" },
+        cfg.instance, match t { Transport::V1(_) => "v1", #[cfg(ivshmem_v2)] Transport::V2 { .. } => "v2" },
         id, size / 1024, qlen,
         d.mac[0], d.mac[1], d.mac[2], d.mac[3], d.mac[4], d.mac[5]
     );
@@ -730,19 +682,19 @@ impl Driver {
             if pending && fx.carrier.is_none() {
                 // A reset in send(): its effects are applied here.
                 fx.carrier = Some(false);
-                fx.ring_state |= l.t.rings_on_state_change();
+                fx.ring_state |= l.ep.words().rings_on_state_change();
             }
-            if l.state == LinkState::Run && l.queues.tx.in_flight() > 0 {
+            if l.ep.running() && l.ep.queues.tx.in_flight() > 0 {
                 // Liveness: is the peer still completing what we sent?
                 match l.reclaim() {
-                    Ok(()) if l.progress.stuck(now(), l.queues.tx.in_flight()) => {
+                    Ok(()) if l.progress.stuck(now(), l.ep.queues.tx.in_flight()) => {
                         fx = l.stall_reset();
                     }
                     Ok(()) => {}
                     Err(reset) => fx = reset,
                 }
             }
-            (fx, l.peer_id(), l.state == LinkState::Run)
+            (fx, l.ep.peer_id(), l.ep.running())
         });
         let entered = fx.entered_run;
         self.apply(iface, fx, peer);
@@ -770,10 +722,10 @@ impl Driver {
     fn liveness_timeout(&self) -> Option<u32> {
         critical_section::with(|cs| {
             let l = self.link.borrow_ref(cs);
-            if l.state != LinkState::Run {
+            if !l.ep.running() {
                 return None;
             }
-            l.progress.next_check(now(), l.queues.tx.in_flight())
+            l.progress.next_check(now(), l.ep.queues.tx.in_flight())
         })
     }
 
@@ -783,7 +735,7 @@ impl Driver {
             if !l.tx_waiting {
                 return None;
             }
-            if l.state == LinkState::Run && l.reclaim().is_err() {
+            if l.ep.running() && l.reclaim().is_err() {
                 // The link was reset: the woken sender sees it down, and the next round (the
                 // signal is raised below) turns the carrier off and rings the peer.
                 return Some(true);
@@ -809,17 +761,17 @@ impl Driver {
         for _ in 0..budget {
             let polled = critical_section::with(|cs| {
                 let mut l = self.link.borrow_ref_mut(cs);
-                if l.state != LinkState::Run {
+                if !l.ep.running() {
                     return Ok(None);
                 }
-                match l.queues.rx.poll() {
+                match l.ep.queues.rx.poll() {
                     Ok(Some(f)) => Ok(Some((
                         f,
-                        l.queues.rx.region().ptr_range(f.offset, f.len),
-                        l.generation,
+                        l.ep.queues.rx.region().ptr_range(f.offset, f.len),
+                        l.ep.generation(),
                     ))),
                     Ok(None) => Ok(None),
-                    Err(e) => Err((l.protocol_reset(e), l.peer_id())),
+                    Err(e) => Err((l.protocol_reset(e), l.ep.peer_id())),
                 }
             });
             let (frame, ptr, generation) = match polled {
@@ -845,10 +797,10 @@ impl Driver {
             };
             let completed = critical_section::with(|cs| {
                 let mut l = self.link.borrow_ref_mut(cs);
-                if l.generation != generation || l.state != LinkState::Run {
+                if l.ep.generation() != generation || !l.ep.running() {
                     return false;
                 }
-                if l.queues.rx.complete(frame).is_err() {
+                if l.ep.queues.rx.complete(frame).is_err() {
                     return false;
                 }
                 l.work = l.work.wrapping_add(1);
@@ -881,20 +833,11 @@ impl Driver {
     fn finish_rx(&self, iface: *mut net_if, budget_used: bool) -> bool {
         let (ring, more, fx, peer) = critical_section::with(|cs| {
             let mut l = self.link.borrow_ref_mut(cs);
-            let peer = l.peer_id();
-            if l.state != LinkState::Run {
-                return (false, false, None, peer);
+            let peer = l.ep.peer_id();
+            match l.ep.finish_rx(budget_used) {
+                Ok(done) => (done.ring_data, done.more, None, peer),
+                Err(e) => (false, false, Some(l.protocol_reset(e)), peer),
             }
-            let ring = match l.queues.rx.publish() {
-                Ok(r) => r,
-                Err(e) => return (false, false, Some(l.protocol_reset(e)), peer),
-            };
-            let more = if budget_used {
-                true
-            } else {
-                l.queues.rx.enable_notify().unwrap_or(false)
-            };
-            (ring, more, None, peer)
         });
         if ring {
             self.ring(peer, self.data_vector);
@@ -972,14 +915,14 @@ impl Driver {
         loop {
             let r = critical_section::with(|cs| {
                 let mut l = self.link.borrow_ref_mut(cs);
-                let peer = l.peer_id();
-                if l.state != LinkState::Run {
+                let peer = l.ep.peer_id();
+                if !l.ep.running() {
                     return Tx::Fail(-(sys::ENETDOWN as c_int));
                 }
                 if l.reclaim().is_err() {
                     return Tx::Fail(-(sys::EIO as c_int));
                 }
-                let Some(slot) = l.queues.tx.reserve(len) else {
+                let Some(slot) = l.ep.queues.tx.reserve(len) else {
                     let t = now();
                     let left = l.progress.wait_left(t).min(l.wait_budget.left(t));
                     if left == 0 {
@@ -991,10 +934,10 @@ impl Driver {
                     }
                     l.tx_waiting = true;
                     l.stats.tx_waits += 1;
-                    let _ = l.queues.tx.request_completion_notify();
+                    let _ = l.ep.queues.tx.request_completion_notify();
                     return Tx::Wait(left);
                 };
-                let Ok(dst) = l.queues.tx.region().ptr_range(slot.offset(), len) else {
+                let Ok(dst) = l.ep.queues.tx.region().ptr_range(slot.offset(), len) else {
                     return Tx::Fail(-(sys::EIO as c_int));
                 };
                 // SAFETY: dst is a checked range of `len` bytes in our own section, reserved
@@ -1002,7 +945,7 @@ impl Driver {
                 if !unsafe { read_pkt(pkt, dst, len) } {
                     return Tx::Fail(-(sys::EIO as c_int));
                 }
-                if let Err(e) = l.queues.tx.push(slot) {
+                if let Err(e) = l.ep.queues.tx.push(slot) {
                     let _ = l.protocol_reset(e);
                     return Tx::Fail(-(sys::EIO as c_int));
                 }
@@ -1010,7 +953,7 @@ impl Driver {
                 l.stats.tx_frames += 1;
                 l.stats.tx_bytes = l.stats.tx_bytes.wrapping_add(len as u32);
                 self.publish(&mut l);
-                match l.queues.tx.publish() {
+                match l.ep.queues.tx.publish() {
                     Ok(ring) => Tx::Sent(if ring { peer } else { None }),
                     Err(e) => {
                         let _ = l.protocol_reset(e);
@@ -1315,7 +1258,7 @@ pub unsafe fn set_up(dev: *const device, up: bool) -> c_int {
     let Some(d) = (unsafe { driver_of(dev) }) else {
         return -(sys::ENODEV as c_int);
     };
-    critical_section::with(|cs| d.link.borrow_ref_mut(cs).up = up);
+    critical_section::with(|cs| d.link.borrow_ref_mut(cs).ep.set_up(up));
     d.raise();
     0
 }
