@@ -156,7 +156,7 @@ if [ -d "$ws/zephyr" ] && [ -x "$ws/.venv/bin/west" ]; then
     env IVNET_ECHO_ELF="$build/echo/zephyr/zephyr.elf" IVNET_ZPERF_ELF="$conf/zperf-ivnet/zephyr/zephyr.elf" \
       IVNET_CELL_ELF="$build/cell/zephyr/zephyr.elf" IVNET_CELL_NOWD_ELF="$build/cell-nowd/zephyr/zephyr.elf" \
       IVNET_CONF_DIR="$conf" IVNET_V2_DIR="$v2" ${qemu_v2:+IVNET_QEMU_V2="$qemu_v2"} \
-      "$ws/.venv/bin/python" -m pytest -s -v tests/e2e
+      "$ws/.venv/bin/python" -m pytest -s -v --durations=0 tests/e2e
   exec 9>&-
 else
   printf '\n\033[1;31m!!! NO ZEPHYR WORKSPACE at %s: the Zephyr build, twister and QEMU end-to-end\n!!! suites DID NOT RUN. Only the host tests ran. See docs/zephyr-workspace.md.\033[0m\n' "$ws"
