@@ -16,7 +16,7 @@ use ivnet_core::state::LinkState;
 use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
 use ivnet_core::v2::{V2Region, PROTOCOL_NET};
 use ivnet_core::ProtocolError;
-use log::{error, info};
+use log::info;
 
 use crate::client::{Client, ServerEvent};
 
@@ -285,12 +285,14 @@ impl Link {
     /// Carries out what the endpoint asked for: logs, counters, carrier, doorbell.
     fn apply(&mut self, fx: Effects) {
         if let Some((old, new)) = fx.replaced {
-            self.log_peer_error(format_args!(
-                "the peer slot's owner changed from {old:?} to {new:?}"
-            ));
+            // A peer replaced faster than we looked (a cell restarted): not an error.
+            self.log_peer(
+                log::Level::Warn,
+                format_args!("the peer slot's owner changed from {old:?} to {new:?}"),
+            );
         }
         if let Some(e) = fx.error {
-            self.log_peer_error(format_args!("peer protocol error: {e}"));
+            self.log_peer(log::Level::Error, format_args!("peer protocol error: {e}"));
             self.stats.protocol_resets += 1;
         }
         self.stats.state_changes += u64::from(fx.transitions);
@@ -303,14 +305,14 @@ impl Link {
     }
 
     /// Logs what a peer caused, at most once a second.
-    fn log_peer_error(&mut self, what: std::fmt::Arguments<'_>) {
+    fn log_peer(&mut self, level: log::Level, what: std::fmt::Arguments<'_>) {
         if let Some(n) = self.errors.check(millis()) {
             let more = if n > 0 {
                 format!(" ({n} more since the last one logged)")
             } else {
                 String::new()
             };
-            error!("link: {what}, resetting the link{more}");
+            log::log!(level, "link: {what}, resetting the link{more}");
         }
     }
 
