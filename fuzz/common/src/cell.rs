@@ -9,6 +9,7 @@
 
 use arbitrary::Arbitrary;
 use ivnet_core::cell::{netmask, parse, CellConfig, Ipv4, MAX_IFACES};
+use ivnet_core::mac::Mac;
 
 /// A key.
 #[derive(Arbitrary, Debug, Clone)]
@@ -121,7 +122,8 @@ fn render(l: &Line, cfg: &mut Option<CellConfig>) -> String {
                 let i = &mut c.ifaces[usize::from(*n) % (MAX_IFACES + 2)];
                 match (f, v) {
                     (Field::Mac, Value::Mac(m)) if m[0] & 1 == 0 && *m != [0; 6] => {
-                        i.mac = Some(*m);
+                        // The oracle's own rule above; the type must agree with it.
+                        i.mac = Some(Mac::new(*m).expect("a unicast, non-zero MAC"));
                         true
                     }
                     (Field::Ipv4, Value::Dhcp) => {
@@ -156,7 +158,7 @@ fn render(l: &Line, cfg: &mut Option<CellConfig>) -> String {
 
 fn check_valid(c: &CellConfig) {
     for i in &c.ifaces {
-        if let Some(m) = i.mac {
+        if let Some(m) = i.mac.map(|m| m.octets()) {
             assert!(m[0] & 1 == 0 && m != [0; 6], "invalid MAC accepted: {m:?}");
         }
         if let Some(Ipv4::Static(_, p)) = i.ipv4 {

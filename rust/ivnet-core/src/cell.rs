@@ -28,6 +28,8 @@
 
 use core::fmt;
 
+use crate::mac::Mac;
+
 /// Interfaces a cell can configure (devicetree instances 0..MAX_IFACES).
 pub const MAX_IFACES: usize = 4;
 /// The fw_cfg file name the host passes the file as (`-fw_cfg name=opt/ivnet/cell,file=...`).
@@ -48,7 +50,7 @@ pub enum Ipv4 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfConfig {
     /// MAC address.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<Mac>,
     /// IPv4 addressing.
     pub ipv4: Option<Ipv4>,
     /// Default gateway through this interface.
@@ -64,22 +66,6 @@ pub struct CellConfig {
     pub ifaces: [IfConfig; MAX_IFACES],
     /// The interface to make the default one.
     pub default: Option<usize>,
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
-        return None;
-    }
-    Some(mac)
 }
 
 fn parse_ip(s: &str) -> Option<[u8; 4]> {
@@ -151,7 +137,7 @@ fn apply_line(cfg: &mut CellConfig, line: &str) -> bool {
     };
     let ifc = &mut cfg.ifaces[i];
     match field {
-        "mac" => parse_mac(value).map(|m| ifc.mac = Some(m)).is_some(),
+        "mac" => value.parse().map(|m| ifc.mac = Some(m)).is_ok(),
         "ipv4" => parse_ipv4(value).map(|a| ifc.ipv4 = Some(a)).is_some(),
         "gw" => parse_ip(value).map(|g| ifc.gw = Some(g)).is_some(),
         "ipv6" => parse_ipv6(value).map(|a| ifc.ipv6 = Some(a)).is_some(),
@@ -201,11 +187,7 @@ impl fmt::Display for CellConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, c) in self.ifaces.iter().enumerate() {
             if let Some(m) = c.mac {
-                writeln!(
-                    f,
-                    "if{i}.mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                    m[0], m[1], m[2], m[3], m[4], m[5]
-                )?;
+                writeln!(f, "if{i}.mac={m}")?;
             }
             match c.ipv4 {
                 Some(Ipv4::Dhcp) => writeln!(f, "if{i}.ipv4=dhcp")?,
@@ -236,7 +218,10 @@ mod tests {
         let mut bad = 0;
         let c = parse(text, |_| bad += 1);
         assert_eq!(bad, 0);
-        assert_eq!(c.ifaces[0].mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            c.ifaces[0].mac.map(|m| m.octets()),
+            Some([2, 0, 0, 0, 0, 1])
+        );
         assert_eq!(c.ifaces[0].ipv4, Some(Ipv4::Dhcp));
         assert_eq!(c.ifaces[1].ipv4, Some(Ipv4::Static([10, 30, 0, 1], 30)));
         assert_eq!(c.ifaces[1].gw, Some([10, 30, 0, 2]));
@@ -247,10 +232,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_lines() {
-        let text = b"if0.mac=01:00:00:00:00:01\nif9.ipv4=dhcp\nif0.ipv4=10.0.0.300/24\nif0.ipv4=10.0.0.1/33\nif0.gw=1.2.3\nnonsense\nif0.x=1\n\xff\nif0.ipv6=fd00::1\nif0.ipv6=fd00::1/129\nif0.ipv6=ff02::1/64\nif0.ipv6=::/64\nif0.ipv6=fd00:::1/64\n";
+        let text = b"if0.mac=01:00:00:00:00:01\nif0.mac=00:00:00:00:00:00\nif9.ipv4=dhcp\nif0.ipv4=10.0.0.300/24\nif0.ipv4=10.0.0.1/33\nif0.gw=1.2.3\nnonsense\nif0.x=1\n\xff\nif0.ipv6=fd00::1\nif0.ipv6=fd00::1/129\nif0.ipv6=ff02::1/64\nif0.ipv6=::/64\nif0.ipv6=fd00:::1/64\n";
         let mut bad = 0;
         let c = parse(text, |_| bad += 1);
-        assert_eq!(bad, 13);
+        assert_eq!(bad, 14);
         assert_eq!(c, CellConfig::default());
     }
 
@@ -265,13 +250,13 @@ mod tests {
     fn renders_what_it_parses() {
         let mut c = CellConfig::default();
         c.ifaces[0] = IfConfig {
-            mac: Some([2, 0, 0, 0, 0, 7]),
+            mac: Mac::new([2, 0, 0, 0, 0, 7]).ok(),
             ipv4: Some(Ipv4::Dhcp),
             gw: None,
             ipv6: None,
         };
         c.ifaces[1] = IfConfig {
-            mac: Some([2, 0xab, 0, 0, 1, 7]),
+            mac: Mac::new([2, 0xab, 0, 0, 1, 7]).ok(),
             ipv4: Some(Ipv4::Static([10, 30, 0, 1], 30)),
             gw: Some([10, 30, 0, 2]),
             ipv6: Some(([0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64)),

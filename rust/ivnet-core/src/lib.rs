@@ -10,6 +10,7 @@
 //! - [`endpoint`]: one end of a link, that state machine over a transport's state words and
 //!   the queues, as every program runs it;
 //! - [`liveness`]: judging a peer that stays in RUN but stops completing frames;
+//! - [`mac`]: the one MAC address type (parsed, checked and printed the same everywhere);
 //! - [`ratelimit`]: one log message per interval for errors a peer can trigger;
 //! - [`cell`]: the configuration file the host hands a cell (MAC, addresses) through fw_cfg;
 //! - [`v1`]: the control page that lets the protocol run on upstream QEMU's ivshmem-doorbell;
@@ -41,6 +42,7 @@ pub mod endpoint;
 pub mod error;
 pub mod geometry;
 pub mod liveness;
+pub mod mac;
 pub mod queue;
 pub mod ratelimit;
 pub mod shm;

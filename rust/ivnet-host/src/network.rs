@@ -42,8 +42,9 @@ use crate::nft;
 use crate::observe::{Counts, LinkObserver};
 use crate::server::{Ivshmem, Server, ServerConfig};
 use crate::tap::Tap;
-use crate::topology::{self, fmt_mac, Addressing, End, Topology};
+use crate::topology::{self, Addressing, End, Topology};
 use crate::{bridge, netcfg};
+use ivnet_core::mac::Mac;
 
 /// Where networks keep their state by default (one directory per network).
 pub const STATE_ROOT: &str = "/run/ivnet";
@@ -188,7 +189,7 @@ pub fn tap_name(cell: &str) -> String {
 }
 
 /// Leases from dnsmasq's lease file: MAC -> address.
-pub fn read_leases(path: &Path) -> BTreeMap<[u8; 6], Ipv4Addr> {
+pub fn read_leases(path: &Path) -> BTreeMap<Mac, Ipv4Addr> {
     let mut out = BTreeMap::new();
     let Ok(text) = fs::read_to_string(path) else {
         return out;
@@ -198,11 +199,7 @@ pub fn read_leases(path: &Path) -> BTreeMap<[u8; 6], Ipv4Addr> {
         if f.len() < 3 {
             continue;
         }
-        let mac: Vec<u8> = f[1]
-            .split(':')
-            .filter_map(|b| u8::from_str_radix(b, 16).ok())
-            .collect();
-        if let (Ok(m), Ok(ip)) = (<[u8; 6]>::try_from(mac), f[2].parse::<Ipv4Addr>()) {
+        if let (Ok(m), Ok(ip)) = (f[1].parse::<Mac>(), f[2].parse::<Ipv4Addr>()) {
             out.insert(m, ip);
         }
     }
@@ -284,7 +281,7 @@ pub struct Supervisor {
     peers: BTreeMap<usize, HostPeer>,
     dnsmasq: Option<Child>,
     cells: Vec<CellProc>,
-    leases: BTreeMap<[u8; 6], Ipv4Addr>,
+    leases: BTreeMap<Mac, Ipv4Addr>,
     applied_forwards: Option<Vec<nft::Forward>>,
     started: Instant,
     /// What the host sees of each cell<->cell link (by link index), sampled every 20 ms.
@@ -606,7 +603,7 @@ impl Supervisor {
         }
         for c in &self.topo.cells {
             if c.address == Addressing::Dhcp {
-                conf += &format!("dhcp-host={},{}\n", fmt_mac(c.mac), c.name);
+                conf += &format!("dhcp-host={},{}\n", c.mac, c.name);
             }
         }
         fs::write(self.paths.dnsmasq_conf(), conf)?;
@@ -907,7 +904,7 @@ impl Supervisor {
                     json!({
                         "name": format!("ivnet{k}"),
                         "link": f.link,
-                        "mac": fmt_mac(f.mac),
+                        "mac": f.mac.to_string(),
                         "addressing": if f.address.is_some() { "static" } else { "dhcp" },
                         "address": addr,
                         "address6": f.address6.map(|a| format!("{a}/64")),
@@ -920,7 +917,7 @@ impl Supervisor {
                 "pid": pid,
                 "address": self.cell_address(i).map(|a| a.to_string()),
                 "address6": self.topo.cell_address6(i).map(|a| a.to_string()),
-                "mac": fmt_mac(c.mac),
+                "mac": c.mac.to_string(),
                 "image": c.image.display().to_string(),
                 "services": c.services,
                 "mcumgr": format!("udp/{MCUMGR_PORT}"),
@@ -974,7 +971,7 @@ impl Supervisor {
                                     .topo
                                     .cell_ifaces(*ci)
                                     .iter()
-                                    .any(|f| f.link == i && f.mac == m)
+                                    .any(|f| f.link == i && f.mac.octets() == m)
                                     .then(|| self.topo.cells[*ci].name.clone()),
                                 End::Host => None,
                             })

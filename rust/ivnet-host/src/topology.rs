@@ -43,6 +43,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use ivnet_core::mac::Mac;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -204,7 +205,7 @@ pub struct Cell {
     /// Zephyr image to boot.
     pub image: PathBuf,
     /// MAC address.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Addressing.
     pub address: Addressing,
     /// Ports of the cell's services.
@@ -268,39 +269,6 @@ impl Lines<'_> {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *m = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
-}
-
-/// A cell's `k`th MAC: its own for `k` = 0 (the host link), then the same with the second
-/// byte xor `k` (its cell<->cell links).
-pub fn iface_mac(mac: [u8; 6], k: usize) -> [u8; 6] {
-    let mut m = mac;
-    if k > 0 {
-        m[1] ^= k as u8;
-    }
-    m
-}
-
-/// "02:00:00:00:00:01".
-pub fn fmt_mac(m: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 /// Whether `path` starts like a 64-bit little-endian AArch64 ELF executable (QEMU would run
 /// any file it is given as a raw image, so a wrong file is caught here).
 fn is_aarch64_elf(path: &Path) -> bool {
@@ -347,8 +315,8 @@ pub fn in6(prefix: Ipv6Addr, iid: u64) -> Ipv6Addr {
 
 /// The SLAAC address of the interface with MAC `mac` in /64 `prefix` (modified EUI-64, RFC
 /// 4291 2.5.1: what Zephyr uses unless built for stable or private identifiers).
-pub fn slaac(prefix: Ipv6Addr, mac: [u8; 6]) -> Ipv6Addr {
-    let m = mac;
+pub fn slaac(prefix: Ipv6Addr, mac: Mac) -> Ipv6Addr {
+    let m = mac.octets();
     in6(
         prefix,
         u64::from_be_bytes([m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]),
@@ -466,7 +434,7 @@ impl Topology {
         // Cells.
         let mut cells = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
-        let mut macs: HashMap<[u8; 6], String> = HashMap::new();
+        let mut macs: HashMap<Mac, String> = HashMap::new();
         let mut addrs: HashMap<Ipv4Addr, String> = HashMap::new();
         addrs.insert(address, "the host".to_string());
         for c in &raw.cell {
@@ -485,21 +453,15 @@ impl Topology {
             if names.contains_key(name) {
                 return lines.err(c.name.span(), format!("cell {name:?} is defined twice"));
             }
-            let Some(mac) = parse_mac(c.mac.get_ref()) else {
-                return lines.err(
-                    c.mac.span(),
-                    format!(
-                        "MAC {:?} is not six hex bytes like 02:00:00:00:00:01",
-                        c.mac.get_ref()
-                    ),
-                );
+            let mac: Mac = match c.mac.get_ref().parse() {
+                Ok(m) => m,
+                Err(e) => {
+                    return lines.err(
+                        c.mac.span(),
+                        format!("MAC {:?} of cell {name:?}: {e}", c.mac.get_ref()),
+                    )
+                }
             };
-            if mac[0] & 1 == 1 {
-                return lines.err(
-                    c.mac.span(),
-                    format!("MAC {} is a multicast address", c.mac.get_ref()),
-                );
-            }
             if let Some(other) = macs.insert(mac, name.clone()) {
                 return lines.err(
                     c.mac.span(),
@@ -738,13 +700,13 @@ impl Topology {
         }
         // Every interface's MAC is unique (a cell's second interface takes its MAC with the
         // second byte's low bit flipped).
-        let mut all_macs: HashMap<[u8; 6], String> = HashMap::new();
+        let mut all_macs: HashMap<Mac, String> = HashMap::new();
         for (i, c) in cells.iter().enumerate() {
             for k in 0..=MAX_CELL_LINKS {
-                let m = iface_mac(c.mac, k);
+                let m = c.mac.iface(k);
                 if let Some(other) = all_macs.insert(m, format!("{} interface {k}", c.name)) {
                     let line = raw.cell[i].mac.span();
-                    return lines.err(line, format!("MAC {} of cell {:?} interface {k} is already {other}'s (a cell's cell<->cell interfaces use its MAC with the second byte xor 1, 2)", fmt_mac(m), c.name));
+                    return lines.err(line, format!("MAC {} of cell {:?} interface {k} is already {other}'s (a cell's cell<->cell interfaces use its MAC with the second byte xor 1, 2)", m, c.name));
                 }
             }
         }
@@ -820,7 +782,7 @@ pub struct CellIface {
     /// Index into [`Topology::links`].
     pub link: usize,
     /// Its MAC.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Its address (`None`: DHCP on the host bridge).
     pub address: Option<(Ipv4Addr, u8)>,
     /// Its IPv6 address (/64): SLAAC on the host bridge, `::1` or `::2` on a cell<->cell link.
@@ -871,7 +833,7 @@ impl Topology {
                     (None, Addressing::Static(a)) => Some((a, self.host.subnet.prefix)),
                     (None, Addressing::Dhcp | Addressing::None) => None,
                 };
-                let mac = iface_mac(cell.mac, mac_index);
+                let mac = cell.mac.iface(mac_index);
                 let address6 = if to_host {
                     self.host.subnet6.map(|p| slaac(p, mac))
                 } else {
@@ -1079,6 +1041,15 @@ subnet = "10.30.0.0/30"
         let e = bad("mac = \"02:00:00:00:00:01\"", "mac = \"01:00:00:00:00:01\"");
         assert!(e.message.contains("multicast"), "{e}");
 
+        // The cell would ignore an all-zero MAC (and take a random one), so the check refuses
+        // it, with the same rule the cell applies (ivnet_core::mac).
+        let e = bad("mac = \"02:00:00:00:00:01\"", "mac = \"00:00:00:00:00:00\"");
+        assert_eq!(e.line, line_of("mac = \"02:00:00:00:00:01\""));
+        assert!(e.message.contains("all-zero"), "{e}");
+
+        let e = bad("mac = \"02:00:00:00:00:01\"", "mac = \"02:00:00:00:00:1\"");
+        assert!(e.message.contains("six hex bytes"), "{e}");
+
         let e = bad("bridge = \"ivbr0\"", "bridge = \"ivbr0\"\ncolour = 3");
         assert_eq!(e.line, line_of("bridge = \"ivbr0\"") + 1);
         assert!(e.message.contains("colour"), "{e}");
@@ -1116,8 +1087,8 @@ subnet = "10.30.0.0/30"
         assert_eq!(c1.len(), 2);
         assert_eq!((c1[1].link, c1[1].address, c1[1].to_host), (0, None, true));
         assert_eq!(c1[0].address, Some((Ipv4Addr::new(10, 30, 0, 1), 30)));
-        assert_eq!(c1[0].mac, [2, 1, 0, 0, 0, 1]);
-        assert_eq!(c1[1].mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(c1[0].mac.octets(), [2, 1, 0, 0, 0, 1]);
+        assert_eq!(c1[1].mac.octets(), [2, 0, 0, 0, 0, 1]);
         let c2 = t.cell_config(1);
         assert_eq!(c2.ifaces[1].ipv4, Some(Ipv4::Static([10, 20, 0, 12], 24)));
         assert_eq!(c2.ifaces[1].gw, Some([10, 20, 0, 1]));
@@ -1197,7 +1168,7 @@ subnet = "10.30.0.0/30"
     fn slaac_is_modified_eui64() {
         let p: Ipv6Addr = "2001:db8:1:2::".parse().unwrap();
         assert_eq!(
-            slaac(p, [0x02, 0x1e, 0x6e, 0x55, 0x62, 0x01]),
+            slaac(p, Mac::new([0x02, 0x1e, 0x6e, 0x55, 0x62, 0x01]).unwrap()),
             "2001:db8:1:2:1e:6eff:fe55:6201"
                 .parse::<Ipv6Addr>()
                 .unwrap()

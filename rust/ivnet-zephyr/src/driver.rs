@@ -315,6 +315,7 @@ fn mac_for(cfg: &sys::ivnet_config, id: u32) -> [u8; 6] {
     if let Some(mac) = usize::try_from(cfg.instance)
         .ok()
         .and_then(|i| crate::cellcfg::get().ifaces.get(i).and_then(|c| c.mac))
+        .map(|m| m.octets())
     {
         return mac;
     }
