@@ -44,9 +44,10 @@ const int IVNET_POLL_MODE_NOTIFY_ONLY = K_POLL_MODE_NOTIFY_ONLY;
 const uint32_t IVNET_V2_PROTO_NET = IVSHMEM_V2_PROTO_NET;
 const uint32_t IVNET_K_MEM_CACHE_NONE = K_MEM_CACHE_NONE;
 const uint32_t IVNET_K_MEM_PERM_RW = K_MEM_PERM_RW;
-/* QEMU's fw_cfg (the cell configuration), when the devicetree has one; else 0. */
-#if DT_HAS_COMPAT_STATUS_OKAY(qemu_fw_cfg_mmio)
-const uintptr_t IVNET_FW_CFG_BASE = DT_REG_ADDR_RAW(DT_COMPAT_GET_ANY_STATUS_OKAY(qemu_fw_cfg_mmio));
+/* QEMU's fw_cfg (the cell configuration), when the devicetree has one (the module's own
+ * compatible: later Zephyr releases define "qemu,fw-cfg-mmio" for a driver of theirs); else 0. */
+#if DT_HAS_COMPAT_STATUS_OKAY(ivnet_fw_cfg_mmio)
+const uintptr_t IVNET_FW_CFG_BASE = DT_REG_ADDR_RAW(DT_COMPAT_GET_ANY_STATUS_OKAY(ivnet_fw_cfg_mmio));
 #else
 const uintptr_t IVNET_FW_CFG_BASE = 0;
 #endif
