@@ -485,12 +485,11 @@ pub unsafe fn init(dev: *const device) -> c_int {
     };
     // Down until the stack starts the interface.
     ep.set_up(false);
-    let _ = t.set_state(LinkState::Reset);
     // After a warm reset of this VM (MCUmgr reset, sys_reboot) the peer may still be in RUN
     // with us: it must see us go to RESET, or both wait for each other forever. On a doorbell
-    // device nothing rings it for us.
-    if t.rings_on_state_change() {
-        if let Some(p) = t.peer_id() {
+    // device nothing rings it for us (the endpoint says when to).
+    if ep.reset().ring_state {
+        if let Some(p) = ep.peer_id() {
             // SAFETY: ivshmem is ready; ringing a peer is a register write.
             unsafe { sys::ivshmem_int_peer(ivshmem, p, VECTOR_STATE) };
         }
