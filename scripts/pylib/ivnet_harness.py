@@ -375,3 +375,33 @@ def iperf_rate(text: str) -> float | None:
 def zephyr_ping_count(text: str) -> int:
     """Replies counted in the output of Zephyr's `net ping`."""
     return len(re.findall(r"bytes from .* icmp_seq=", text))
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def ivnet_cgroups(root: Path = CGROUP_ROOT, depth: int = 4) -> list[str]:
+    """Every control group named `ivnet-*` in every hierarchy (v1 and v2), as paths: what
+    `[host] isolation` and `ivnet isolate` make, and what their removal must leave as before."""
+    out = []
+
+    def walk(d: Path, left: int) -> None:
+        try:
+            subs = [e for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for e in subs:
+            if e.name.startswith("ivnet-"):
+                out.append(e.path)
+            elif left > 0:
+                walk(Path(e.path), left - 1)
+    walk(root, depth)
+    return sorted(out)
+
+
+def cgroup_of(pid: int) -> str:
+    """/proc/<pid>/cgroup (empty when the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""

@@ -40,7 +40,11 @@ class Network:
         self.host.ip("-6", "route", "add", "default", "via", OUTSIDE_ADDR6, "dev", "ivup0")
 
     def ivnet(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        r = self.host.run(str(h.ivnet_bin()), *args, timeout=timeout, check=False)
+        # Only the network namespace is the test host's: `ip netns exec` would also mount a
+        # fresh /sys, without the cgroup file systems that `[host] isolation` writes to,
+        # which an `ivnet` run on a real host has.
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{self.host.name}", str(h.ivnet_bin()), *args],
+                           capture_output=True, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"ivnet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
         return r
@@ -99,6 +103,7 @@ class Network:
             "nft": run(["nft", "list", "ruleset"]),
             "processes": sorted(p for p in procs if str(self.state) in p),
             "state files": sorted(str(p) for p in self.state.rglob("*")) if self.state.exists() else [],
+            "cgroups": h.ivnet_cgroups(),
         }
 
     def close(self) -> None:

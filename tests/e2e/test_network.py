@@ -43,13 +43,14 @@ FORWARD_PORT = 8080
 METRICS = "127.0.0.1:9478"
 
 
-def topology(image: Path, n: int, bad_image: Path | None = None) -> str:
+def topology(image: Path, n: int, bad_image: Path | None = None, isolation: str | None = None) -> str:
     t = [f'''[host]
 bridge = "{BRIDGE}"
 subnet = "10.77.0.0/24"
 subnet6 = "fd00:77::/64"
 dhcp = ["10.77.0.100", "10.77.0.199"]
 uplink = "ivup0"
+{f"isolation = {isolation}" if isolation else ""}
 
 [[host.forward]]
 port = {FORWARD_PORT}
@@ -364,20 +365,46 @@ def test_ipv6_forwarding_would_break_the_uplink(cell_elf, work):
         net.close()
 
 
+def in_group(pid: int, group: str) -> list[str]:
+    """The hierarchies (controller lists) in which `pid` is in control group `group`."""
+    return [line.split(":")[1] for line in h.cgroup_of(pid).splitlines()
+            if line.split(":")[-1].rstrip("/").endswith("/" + group)]
+
+
 def test_down_after_the_supervisor_was_killed(cell_elf, work):
-    """SIGKILL to the supervisor leaves its cells, dnsmasq, bridge and nftables table behind;
-    `down` removes all of them from the record, and `up` on such a leftover rebuilds."""
+    """SIGKILL to the supervisor leaves its cells, dnsmasq, bridge, nftables table and control
+    group behind; `down` removes all of them from the record, and `up` on such a leftover
+    rebuilds. The network runs with `[host] isolation`: the supervisor (its host peers are its
+    threads) and every cell's QEMU are in the group `ivnet-<bridge>` with its settings."""
     net = make_net(work)
     try:
         before = net.snapshot()
+        assert not [c for c in before["cgroups"] if c.endswith("ivnet-" + BRIDGE)], before["cgroups"]
         topo = work / "net.toml"
-        topo.write_text(topology(cell_elf, 2))
+        topo.write_text(topology(cell_elf, 2, isolation='{ cpu_weight = 800, cpus = "0-1", memory_min = "64M" }'))
         net.up(topo)
         st = net.wait_addressed(60)
+        iso = st["host"]["isolation"]
+        print("isolation:", iso)
+        group = "ivnet-" + BRIDGE
+        assert iso["group"] == group and iso["directories"], iso
+        v1 = iso["cgroup_version"] == 1
+        assert ("cpu.shares=8192" if v1 else "cpu.weight=800") in iso["settings"], iso
+        assert "cpuset.cpus=0-1" in iso["settings"], iso
+        assert ("memory.soft_limit_in_bytes=67108864" if v1 else "memory.min=67108864") in iso["settings"], iso
+        members = [st["supervisor_pid"]] + [c["pid"] for c in st["cells"]]
+        for pid in members:
+            got = in_group(pid, group)
+            # v1: one hierarchy per setting (cpu, cpuset, memory); v2: the unified one.
+            assert len(got) == (3 if v1 else 1), (pid, h.cgroup_of(pid))
+            assert pid in iso["pids"], (pid, iso["pids"])
+        for d in iso["directories"]:
+            assert Path(d).name == group and Path(d).is_dir(), d
         os.kill(st["supervisor_pid"], 9)
         time.sleep(0.5)
         left = net.snapshot()
         assert left != before and any("qemu" in p for p in left["processes"]), left["processes"]
+        assert sorted(iso["directories"]) == [c for c in left["cgroups"] if c.endswith(group)], left["cgroups"]
         # `up` on the leftover: cleans it and builds the network again.
         r = net.up(topo)
         assert "c1" in r.stdout

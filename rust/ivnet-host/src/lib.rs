@@ -25,6 +25,7 @@ pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod hostile;
+pub mod isolation;
 pub mod link;
 pub mod mapping;
 pub mod metrics;

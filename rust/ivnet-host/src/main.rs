@@ -110,6 +110,26 @@ enum Cmd {
         #[arg(long, default_value = network::STATE_ROOT)]
         state_root: PathBuf,
     },
+    /// Run a command in a control group of its own, `ivnet-<name>`, with ivnet's isolation
+    /// settings (those of a topology's `[host] isolation`); the group is removed when the
+    /// command ends. SIGTERM and SIGINT are passed on to the command.
+    Isolate {
+        /// The group's name (it becomes `ivnet-<name>`, which must not exist).
+        #[arg(long)]
+        name: String,
+        /// CPU weight, 1..10000 (100 is every process's default).
+        #[arg(long)]
+        cpu_weight: Option<u32>,
+        /// CPUs the command may run on, like `0-1` or `1`.
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Memory protected from reclaim (`memory.min`; on cgroup v1 a soft limit).
+        #[arg(long, value_parser = parse_size)]
+        memory_min: Option<usize>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// The supervisor of a network (started by `ivnet up`).
     #[command(hide = true)]
     Supervise {
@@ -237,6 +257,22 @@ fn check(file: &std::path::Path) -> Result<(), String> {
             f.port, f.proto, t.cells[f.cell].name, f.to
         );
     }
+    if let Some(iso) = &h.isolation {
+        println!(
+            "isolation: control group ivnet-{}{}{}{}",
+            h.bridge,
+            iso.cpu_weight
+                .map(|w| format!(", CPU weight {w}"))
+                .unwrap_or_default(),
+            iso.cpus
+                .as_ref()
+                .map(|c| format!(", CPUs {c}"))
+                .unwrap_or_default(),
+            iso.memory_min
+                .map(|m| format!(", {} MiB of memory protected", m >> 20))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
@@ -250,6 +286,59 @@ fn network_paths(root: &std::path::Path, network: Option<&str>) -> Result<networ
         })
         .transpose()?;
     network::resolve(root, network, env.as_deref())
+}
+
+/// `ivnet isolate`: the command in a group of its own, removed afterwards.
+fn isolate(
+    name: &str,
+    cpu_weight: Option<u32>,
+    cpus: Option<&str>,
+    memory_min: Option<usize>,
+    command: &[std::ffi::OsString],
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    use ivnet_host::isolation::{Group, Spec, CGROUP_ROOT};
+    use std::sync::atomic::Ordering;
+    ivnet_host::names::check_ifname("group name", name)?;
+    let spec = Spec {
+        cpu_weight,
+        cpus: cpus.map(str::parse).transpose()?,
+        memory_min: memory_min.map(|m| m as u64),
+    };
+    spec.check()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let g = Group::create(std::path::Path::new(CGROUP_ROOT), &own, name, &spec)
+        .map_err(|e| e.to_string())?;
+    let run = || -> Result<std::process::ExitStatus, String> {
+        g.add(std::process::id()).map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .spawn()
+            .map_err(|e| format!("{}: {e}", command[0].to_string_lossy()))?;
+        let mut asked = None;
+        loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(st);
+            }
+            if stop.load(Ordering::Relaxed) {
+                let t = *asked.get_or_insert_with(|| {
+                    let p = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+                    std::time::Instant::now()
+                });
+                if t.elapsed() > std::time::Duration::from_secs(10) {
+                    let _ = child.kill();
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let r = run();
+    g.remove();
+    match r? {
+        st if st.success() => Ok(()),
+        st => Err(format!("{}: {st}", command[0].to_string_lossy())),
+    }
 }
 
 fn print_status(v: &serde_json::Value) {
@@ -272,6 +361,22 @@ fn print_status(v: &serde_json::Value) {
             .unwrap_or_default(),
         h["dnsmasq_pid"]
     );
+    let iso = &h["isolation"];
+    if iso.is_object() {
+        println!(
+            "  isolation: cgroup v{} {} ({}), {} processes",
+            iso["cgroup_version"],
+            iso["group"].as_str().unwrap_or_default(),
+            iso["settings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            iso["pids"].as_array().map_or(0, |p| p.len())
+        );
+    }
     for c in v["cells"].as_array().into_iter().flatten() {
         println!(
             "  cell {:<10} {:<8} {:<15}{} pid {} restarts {}",
@@ -334,7 +439,11 @@ fn main() -> ExitCode {
     // the default (Ctrl-C ends them at once).
     let long_running = matches!(
         cli.cmd,
-        Cmd::Server { .. } | Cmd::Peer { .. } | Cmd::Supervise { .. } | Cmd::BenchCore { .. }
+        Cmd::Server { .. }
+            | Cmd::Peer { .. }
+            | Cmd::Supervise { .. }
+            | Cmd::BenchCore { .. }
+            | Cmd::Isolate { .. }
     );
     let stop = if long_running {
         stop_flag()
@@ -452,6 +561,20 @@ fn main() -> ExitCode {
         Cmd::Supervise { state_dir, metrics } => {
             network::supervise(&state_dir, &metrics, &stop).map_err(|e| e.to_string())
         }
+        Cmd::Isolate {
+            name,
+            cpu_weight,
+            cpus,
+            memory_min,
+            command,
+        } => isolate(
+            &name,
+            cpu_weight,
+            cpus.as_deref(),
+            memory_min,
+            &command,
+            &stop,
+        ),
         Cmd::BenchCore {
             seconds,
             sizes,

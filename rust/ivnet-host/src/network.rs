@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::Client;
+use crate::isolation::{Group, CGROUP_ROOT};
 use crate::link::{Link, Stats};
 use crate::names::check_ifname;
 use crate::nft;
@@ -76,6 +77,9 @@ pub struct Record {
     pub ipv6_forwarding_before: Option<bool>,
     /// Child processes: (what, pid).
     pub processes: Vec<(String, u32)>,
+    /// The control group made for `[host] isolation` (removed last).
+    #[serde(default)]
+    pub isolation: Option<Group>,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -396,6 +400,17 @@ impl Supervisor {
             }
         }
         self.copy_images()?;
+        if let Some(spec) = &self.topo.host.isolation {
+            // The supervisor goes in first: its threads (ivshmem servers, host peers) and
+            // every process it starts from now on (dnsmasq, QEMUs) are born in the group.
+            let own = fs::read_to_string("/proc/self/cgroup")?;
+            let g = Group::create(Path::new(CGROUP_ROOT), &own, &self.paths.name, spec)
+                .map_err(|e| err(format!("[host] isolation: {e}")))?;
+            self.record.isolation = Some(g.clone());
+            self.save_record();
+            g.add(std::process::id())
+                .map_err(|e| err(format!("[host] isolation: {e}")))?;
+        }
         let h = self.topo.host.clone();
         // Names we are about to create must be free: never take over someone else's device.
         let mut names = vec![h.bridge.clone()];
@@ -1032,6 +1047,13 @@ impl Supervisor {
                     "to": f.to,
                     "active": self.applied_forwards.as_ref().is_some_and(|a| a.iter().any(|x| x.port == f.port && x.proto.as_str() == f.proto)),
                 })).collect::<Vec<_>>(),
+                "isolation": self.record.isolation.as_ref().map(|g| json!({
+                    "cgroup_version": g.version,
+                    "group": g.name,
+                    "directories": g.made.iter().map(|m| m.dir.display().to_string()).collect::<Vec<_>>(),
+                    "settings": g.settings.iter().map(|(f, v)| format!("{f}={v}")).collect::<Vec<_>>(),
+                    "pids": g.pids(),
+                })),
             },
             "cells": cells,
             "links": links,
@@ -1246,6 +1268,9 @@ pub fn undo(r: &Record, dir: &Path) {
         if let Err(e) = netcfg::set_ip_forward(before) {
             error!("ip_forward: {e}");
         }
+    }
+    if let Some(g) = &r.isolation {
+        g.remove();
     }
 }
 
@@ -1484,6 +1509,12 @@ fn only_ours(mut r: Record, name: &str) -> Record {
         }
         ours
     });
+    if let Some(g) = &r.isolation {
+        if !g.is_plausible(Path::new(CGROUP_ROOT), name) {
+            error!("the record of network {name} names control group {g:?}, which it cannot have created: left alone");
+            r.isolation = None;
+        }
+    }
     if let Some(t) = &r.nft_table {
         if *t != nft::table_name(name) {
             error!(

@@ -9,6 +9,9 @@
 //!                                  # advertisements; cells take SLAAC addresses (EUI-64)
 //! dhcp = ["10.20.0.100", "10.20.0.199"]
 //! uplink = "eth0"                  # optional: masquerade to it
+//! # optional: the network's processes (supervisor, host peers, QEMUs) in a control group
+//! # of their own, `ivnet-<bridge>`, removed by `ivnet down` (see the isolation module)
+//! isolation = { cpu_weight = 1000, cpus = "0-1", memory_min = "256M" }
 //!
 //! [[host.forward]]                 # host port -> a cell's service
 //! port = 8080
@@ -47,7 +50,9 @@ use ivnet_core::mac::Mac;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::isolation;
 use crate::names::check_ifname;
+use crate::size::parse_size;
 
 /// A problem in a topology file, with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,15 @@ struct RawHost {
     uplink: Option<Spanned<String>>,
     #[serde(default)]
     forward: Vec<RawForward>,
+    isolation: Option<Spanned<RawIsolation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIsolation {
+    cpu_weight: Option<Spanned<i64>>,
+    cpus: Option<Spanned<String>>,
+    memory_min: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +209,8 @@ pub struct Host {
     pub uplink: Option<String>,
     /// Port forwards.
     pub forwards: Vec<Forward>,
+    /// Resource isolation of the network's processes (a control group of its own), if asked.
+    pub isolation: Option<isolation::Spec>,
 }
 
 /// One cell.
@@ -360,6 +376,46 @@ impl Subnet {
     }
 }
 
+fn parse_isolation(
+    lines: &Lines<'_>,
+    iso: &Spanned<RawIsolation>,
+) -> Result<isolation::Spec, TopologyError> {
+    let raw = iso.get_ref();
+    let mut spec = isolation::Spec::default();
+    if let Some(w) = &raw.cpu_weight {
+        match u32::try_from(*w.get_ref()) {
+            Ok(v) if (1..=10000).contains(&v) => spec.cpu_weight = Some(v),
+            _ => {
+                return lines.err(
+                    w.span(),
+                    format!(
+                        "isolation cpu_weight {}: use 1..10000 (100 is every process's default)",
+                        w.get_ref()
+                    ),
+                )
+            }
+        }
+    }
+    if let Some(c) = &raw.cpus {
+        spec.cpus = Some(
+            c.get_ref()
+                .parse()
+                .or_else(|e| lines.err(c.span(), format!("isolation cpus: {e}")))?,
+        );
+    }
+    if let Some(m) = &raw.memory_min {
+        match parse_size(m.get_ref()) {
+            Ok(n) if n > 0 => spec.memory_min = Some(n as u64),
+            Ok(_) => return lines.err(m.span(), "isolation memory_min 0: drop it instead"),
+            Err(e) => return lines.err(m.span(), format!("isolation memory_min: {e}")),
+        }
+    }
+    if let Err(e) = spec.check() {
+        return lines.err(iso.span(), format!("isolation: {e}"));
+    }
+    Ok(spec)
+}
+
 impl Topology {
     /// Parses and checks a topology file's text. Relative image paths are taken from `base`
     /// (the file's directory), and every image must exist.
@@ -426,6 +482,10 @@ impl Topology {
                 return lines.err(u.span(), e);
             }
         }
+        let isolation = match &h.isolation {
+            Some(iso) => Some(parse_isolation(&lines, iso)?),
+            None => None,
+        };
         let subnet6 = match &h.subnet6 {
             Some(s6) => Some(parse_subnet6(s6.get_ref()).or_else(|e| lines.err(s6.span(), e))?),
             None => None,
@@ -769,6 +829,7 @@ impl Topology {
                 dhcp,
                 uplink: h.uplink.as_ref().map(|u| u.get_ref().clone()),
                 forwards,
+                isolation,
             },
             cells,
             links,
@@ -908,6 +969,7 @@ bridge = "ivbr0"
 subnet = "10.20.0.0/24"
 dhcp = ["10.20.0.100", "10.20.0.199"]
 uplink = "veth-out"
+isolation = { cpu_weight = 1000, cpus = "0-1", memory_min = "256M" }
 
 [[host.forward]]
 port = 8080
@@ -988,6 +1050,43 @@ subnet = "10.30.0.0/30"
 
     fn line_of(needle: &str) -> usize {
         GOOD[..GOOD.find(needle).unwrap()].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn isolation_settings() {
+        let t = Topology::parse(GOOD, &base()).unwrap();
+        let iso = t.host.isolation.unwrap();
+        assert_eq!(iso.cpu_weight, Some(1000));
+        assert_eq!(iso.cpus.unwrap().to_string(), "0-1");
+        assert_eq!(iso.memory_min, Some(256 << 20));
+        let at = line_of("isolation = ");
+        for (to, says) in [
+            ("cpu_weight = 0,", "cpu_weight 0: use 1..10000"),
+            ("cpu_weight = 20000,", "cpu_weight 20000"),
+            ("cpu_weight = \"x\",", "invalid type"),
+        ] {
+            let e = bad("cpu_weight = 1000,", to);
+            assert_eq!(e.line, at, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+        let e = bad("cpus = \"0-1\"", "cpus = \"1-0\"");
+        assert!(
+            e.message.contains("isolation cpus: CPU list \"1-0\""),
+            "{e}"
+        );
+        let e = bad("memory_min = \"256M\"", "memory_min = \"lots\"");
+        assert!(
+            e.message.contains("isolation memory_min: invalid size"),
+            "{e}"
+        );
+        let e = bad("memory_min = \"256M\"", "memory_max = \"256M\"");
+        assert!(e.message.contains("memory_max"), "{e}");
+        let e = bad(
+            "isolation = { cpu_weight = 1000, cpus = \"0-1\", memory_min = \"256M\" }",
+            "isolation = {}",
+        );
+        assert_eq!(e.line, at, "{e}");
+        assert!(e.message.contains("asks for nothing"), "{e}");
     }
 
     #[test]
