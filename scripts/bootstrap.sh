@@ -110,9 +110,9 @@ if [ ! -x "$venv/bin/west" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q west
 fi
-# The benchmark's statistics and plots (scripts/bench.py), and what the network test drives
+# The statistics and plots of the benchmark and the stress study (scripts/bench.py, doe.py), and what the network test drives
 # the cells with: the MCUmgr client (scripts/pylib/mcumgr.py) and Ansible (the inventory).
-if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, smpclient, ansible" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import matplotlib, scipy, statsmodels, pandas, smpclient, ansible" 2>/dev/null; then
   log "installing the benchmark's analysis libraries, the MCUmgr client and ansible-core into $venv"
   "$venv/bin/pip" install -q -r "$here/bench/requirements.txt"
 fi
