@@ -56,7 +56,8 @@ DEFAULT_ISOLATION = {"cpu_weight": 10000, "memory_min": "256M"}
 FIELDS = ["order", "block", "isolation", "stress", "rep", "driver", "response", "value", "loss_pct",
           "p99_ms", "error", "t"]
 # Where the time went during each sample, per second of it (see probe()).
-PROBES = ["qemu_cpu_ms", "qemu_wait_ms", "peer_cpu_ms", "peer_wait_ms", "irq_ms", "softirq_ms", "steal_ms"]
+PROBES = ["qemu_cpu_ms", "qemu_wait_ms", "peer_cpu_ms", "peer_wait_ms", "irq_ms", "softirq_ms", "steal_ms",
+          "qemu_preempt", "intr", "ctxt"]
 FIELDS += PROBES
 
 
@@ -135,41 +136,49 @@ def machine_state() -> dict:
 
 # ---- the worker: the measuring side (inside the group when isolation is on) ---------------
 
-def task_times(pid: int | None) -> tuple[float, float]:
-    """(CPU time, time runnable but waiting for a CPU) of all threads of `pid`, in ms
-    (/proc/<pid>/task/*/schedstat)."""
+def task_times(pid: int | None) -> tuple[float, float, int]:
+    """(CPU time, time runnable but waiting for a CPU, in ms; involuntary context switches) of
+    all threads of `pid` (/proc/<pid>/task/*/schedstat and status)."""
     cpu = wait = 0.0
+    preempt = 0
     if not pid:
-        return cpu, wait
+        return cpu, wait, preempt
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return cpu, wait
+        return cpu, wait, preempt
     for t in tasks:
         try:
             f = Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()
+            st = Path(f"/proc/{pid}/task/{t}/status").read_text()
         except OSError:
             continue
         cpu += int(f[0]) / 1e6
         wait += int(f[1]) / 1e6
-    return cpu, wait
+        preempt += sum(int(line.split()[1]) for line in st.splitlines()
+                       if line.startswith("nonvoluntary_ctxt_switches"))
+    return cpu, wait, preempt
 
 
 def probe(env) -> dict:
     """Cumulative counters: the VM's QEMU and the host peer (CPU time and run-queue wait, from
-    the scheduler's statistics), and the machine's interrupt, softirq and steal time
-    (/proc/stat), in ms, with the wall clock."""
+    the scheduler's statistics; QEMU's involuntary context switches), and the machine's
+    interrupt, softirq and steal time in ms, interrupts and context switches (/proc/stat),
+    with the wall clock."""
     q = task_times(env.vm.proc.pid if env.vm else None)
     p = task_times(env.peer.proc.pid if env.peer and env.peer.proc else None)
-    f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    lines = Path("/proc/stat").read_text().splitlines()
+    f = lines[0].split()[1:]
+    count = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("intr ", "ctxt "))}
     tick = 1000.0 / os.sysconf("SC_CLK_TCK")
     return {"t": time.monotonic() * 1000, "qemu_cpu_ms": q[0], "qemu_wait_ms": q[1], "peer_cpu_ms": p[0],
             "peer_wait_ms": p[1], "irq_ms": int(f[5]) * tick, "softirq_ms": int(f[6]) * tick,
-            "steal_ms": int(f[7]) * tick}
+            "steal_ms": int(f[7]) * tick, "qemu_preempt": q[2], "intr": count.get("intr", 0),
+            "ctxt": count.get("ctxt", 0)}
 
 
 def rates(a: dict, b: dict) -> dict:
-    """ms per second of wall clock between two probes."""
+    """Per second of wall clock between two probes (ms per second for the times)."""
     dt = max(1e-3, (b["t"] - a["t"]) / 1000)
     return {k: f"{(b[k] - a[k]) / dt:.1f}" for k in PROBES}
 

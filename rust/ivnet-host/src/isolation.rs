@@ -7,7 +7,9 @@
 //! - **v2** (one unified hierarchy, `cgroup.controllers` at the mount's root): the group is
 //!   `<root>/ivnet-<name>`, a child of the root, the only cgroup that may hold processes and
 //!   still hand controllers down without a service manager's delegation. Settings:
-//!   `cpu.weight`, `cpuset.cpus`, `memory.min`.
+//!   `cpu.weight`, `cpuset.cpus`, `memory.min`; each needs its controller enabled for the
+//!   root's children (`cgroup.subtree_control`), which is the machine's setting: ivnet
+//!   refuses rather than change it.
 //! - **v1** (one hierarchy per controller): the group is `ivnet-<name>` under the cgroup the
 //!   creating process is in, in each hierarchy a setting needs (so limits set on that cgroup
 //!   keep applying). Settings: `cpu.shares` (the weight times 1024/100, the conversion
@@ -349,8 +351,14 @@ impl Group {
                 )));
             }
             if !enabled.split_whitespace().any(|a| a == *c) {
-                // Enabling a controller for the root's children changes nothing else.
-                write(root, "cgroup.subtree_control", &format!("+{c}"))?;
+                // The root's subtree_control is the machine's, not ivnet's to change.
+                return Err(err(format!(
+                    "cgroup v2: the {c} controller is not enabled for the root's children \
+                     ({}/cgroup.subtree_control reads {enabled:?}); enable it first \
+                     (echo +{c} > {}/cgroup.subtree_control), or drop that setting",
+                    root.display(),
+                    root.display()
+                )));
             }
         }
         if let Some(cpus) = &spec.cpus {
@@ -513,6 +521,14 @@ mod tests {
             cpus: Some("1".parse().unwrap()),
             memory_min: Some(256 << 20),
         };
+        // cpuset is not enabled for the root's children: refused, naming it, nothing made.
+        let e = Group::create(r, "0::/\n", "net0", &spec).unwrap_err();
+        assert!(
+            e.to_string().contains("cpuset controller is not enabled"),
+            "{e}"
+        );
+        assert!(!r.join("ivnet-net0").exists());
+        fs::write(r.join("cgroup.subtree_control"), "cpuset cpu memory\n").unwrap();
         let g = Group::create(r, "0::/\n", "net0", &spec).unwrap();
         assert_eq!(g.version, 2);
         let d = r.join("ivnet-net0");
@@ -521,11 +537,6 @@ mod tests {
         assert_eq!(
             fs::read_to_string(d.join("memory.min")).unwrap(),
             "268435456"
-        );
-        // cpuset was not enabled for the root's children: it was asked for.
-        assert_eq!(
-            fs::read_to_string(r.join("cgroup.subtree_control")).unwrap(),
-            "+cpuset"
         );
         assert!(g.is_plausible(r, "net0"));
         assert!(!g.is_plausible(r, "net1"));
