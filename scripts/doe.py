@@ -2,7 +2,7 @@
 Zephyr's virtio-net side by side, and again with ivnet's resource isolation on.
 
   scripts/doe.sh --quick     3 replicates x 2 s samples (under 20 minutes with the builds)
-  scripts/doe.sh             5 replicates x 5 s samples (the default; about 40 minutes)
+  scripts/doe.sh             5 replicates x 5 s samples (the default; about 35 minutes)
 
 Factors: stress class (none, cpu, vm, net, irq: stress-ng on every core of this machine, which
 runs the QEMUs, the host peers and the traffic's far end, as the original's root cell did) x

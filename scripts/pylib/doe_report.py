@@ -201,7 +201,7 @@ def tukey_section(d: pd.DataFrame) -> list[str]:
     md = ["## Tukey HSD: which classes differ (isolation off)\n",
           "Pairs whose difference is significant at 5 % (family-wise), per driver and response; "
           "every pair with its interval is in tukey.csv.\n",
-          "| driver | response | pair | mean difference | 95 % interval | p (adjusted) |\n|---|---|---|---|---|---|"]
+          "| driver | response | pair (A - B) | mean of A minus mean of B | 95 % interval | p (adjusted) |\n|---|---|---|---|---|---|"]
     rows = []
     for drv in DRIVERS:
         for key, (title, unit) in RESPONSES.items():
@@ -215,7 +215,7 @@ def tukey_section(d: pd.DataFrame) -> list[str]:
             for _, r in tab.iterrows():
                 rows.append({"driver": drv, "response": key, **{k: r[k] for k in tab.columns}})
                 if bool(r["reject"]):
-                    md.append(f"| {LABEL[drv]} | {title} | {r['group1']} - {r['group2']} | "
+                    md.append(f"| {LABEL[drv]} | {title} | {r['group2']} - {r['group1']} | "
                               f"{g(float(r['meandiff']))} {unit} | [{g(float(r['lower']))}, {g(float(r['upper']))}] | "
                               f"{fmt_p(float(r['p-adj']))} |")
     md.append("")
