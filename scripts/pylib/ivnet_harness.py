@@ -135,14 +135,16 @@ class Server:
 class HostPeer:
     """`ivnet peer`: the host end of a link, bridged to a TAP inside a namespace."""
 
-    def __init__(self, ns: Netns, socket_path: Path, tap: str, log: Path):
-        self.ns, self.socket, self.tap, self.log = ns, socket_path, tap, log
+    def __init__(self, ns: Netns, socket_path: Path, tap: str, log: Path, pcap: Path | None = None):
+        """`pcap`: record the link's frames there (`ivnet peer --pcap`)."""
+        self.ns, self.socket, self.tap, self.log, self.pcap = ns, socket_path, tap, log, pcap
         self.proc = None
         self.start()
 
     def start(self) -> None:
+        extra = ["--pcap", str(self.pcap)] if self.pcap else []
         self.proc = self.ns.popen(str(ivnet_bin()), "peer", "--socket", str(self.socket),
-                                  "--tap", self.tap, log=self.log)
+                                  "--tap", self.tap, *extra, log=self.log)
         time.sleep(0.2)
         if self.proc.poll() is not None:
             raise RuntimeError(f"ivnet peer exited: {self.log.read_text()[-500:]}")

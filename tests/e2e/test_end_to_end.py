@@ -4,6 +4,7 @@ namespace made here. All traffic stays inside that namespace."""
 
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,13 +16,14 @@ HOST_IP = "192.0.2.2"
 VM_IP = "192.0.2.1"
 
 
-def cell_host(stack, work, elf):
-    """One VM on one link; the host end is a TAP (HOST_IP) in a fresh namespace."""
+def cell_host(stack, work, elf, pcap=None):
+    """One VM on one link; the host end is a TAP (HOST_IP) in a fresh namespace. `pcap`: the
+    host peer records the link's frames there."""
     ns = stack.push(h.Netns(f"ivnet-e2e-{int(time.time() * 1000) % 100000}"))
     ns.tap("ivtap0", f"{HOST_IP}/24")
     link = work / "link.sock"
     stack.push(h.Server(link, work / "server.log"))
-    peer = stack.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log"))
+    peer = stack.push(h.HostPeer(ns, link, "ivtap0", work / "peer.log", pcap=pcap))
     vm = stack.push(h.Vm(elf, [link], work, "cell"))
     vm.wait_for("ivnet0: carrier on", 20)
     vm.wait_for(re.escape(h.Vm.PROMPT), 10)
@@ -30,8 +32,11 @@ def cell_host(stack, work, elf):
 
 
 def test_cell_host_ping_both_ways(work, echo_elf):
+    """Pings each way, with the host peer capturing the link (`ivnet peer --pcap`): tcpdump
+    reads the file back with every echo request and reply of both directions in it."""
+    pcap = work / "link.pcap"
     with h.Stack() as st:
-        ns, _, vm = cell_host(st, work, echo_elf)
+        ns, peer, vm = cell_host(st, work, echo_elf, pcap=pcap)
         r = ns.run("ping", "-c", "100", "-i", "0.02", "-W", "2", "-w", "30", VM_IP, check=False)
         tx, rx = h.ping_summary(r.stdout)
         print(f"namespace -> VM: {rx}/{tx}; {r.stdout.strip().splitlines()[-1]}")
@@ -40,6 +45,17 @@ def test_cell_host_ping_both_ways(work, echo_elf):
         got = h.zephyr_ping_count(out)
         print(f"VM shell -> host: {got}/100")
         assert got == 100
+        peer.close()  # the capture is complete once the peer is gone
+    r = subprocess.run(["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True)
+    lines = r.stdout.splitlines()
+    count = {
+        what: sum(1 for line in lines if re.search(rf"IP {a} > {b}: ICMP echo {what.split()[-1]}", line))
+        for what, a, b in (("host request", HOST_IP, VM_IP), ("cell reply", VM_IP, HOST_IP),
+                           ("cell request", VM_IP, HOST_IP), ("host reply", HOST_IP, VM_IP))
+    }
+    print(f"capture: {len(lines)} frames, {count}; {r.stderr.strip()}")
+    assert count == {"host request": 100, "cell reply": 100, "cell request": 100, "host reply": 100}, count
+    assert any("ARP" in line for line in lines)
 
 
 def test_cell_host_iperf_tcp_to_zperf(work, echo_elf):

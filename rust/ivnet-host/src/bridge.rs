@@ -18,6 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::client::drain_eventfd;
 use crate::link::{millis, Link};
+use crate::pcap::Capture;
 use crate::tap::Tap;
 
 /// Largest frame moved (1500-byte MTU, Ethernet header, one VLAN tag).
@@ -49,8 +50,14 @@ pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
 }
 
 /// Moves up to [`ROUND`] frames from the link to the TAP. Frames longer than [`MAX_FRAME`],
-/// or that the TAP refuses, are dropped and counted. Returns whether more are waiting.
-pub fn link_to_tap(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> bool {
+/// or that the TAP refuses, are dropped and counted. Each frame delivered is also recorded in
+/// `cap`, if any. Returns whether more are waiting.
+pub fn link_to_tap(
+    link: &mut Link,
+    tap: &Tap,
+    warn_: &mut Warnings,
+    mut cap: Option<&mut Capture>,
+) -> bool {
     let (mut dropped, mut oversize) = (0u64, 0u64);
     let mut more = false;
     let mut moved = 0;
@@ -78,6 +85,9 @@ pub fn link_to_tap(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> bool {
                     // SAFETY: ptr_range checked the frame lies inside the peer's section, which
                     // stays mapped while the link lives; the kernel copies it out.
                     let written = unsafe { tap.write_raw(p, f.len) };
+                    if let (Ok(_), Some(c)) = (&written, cap.as_deref_mut()) {
+                        c.record_from(r, f.offset, f.len);
+                    }
                     if let Err(e) = written {
                         dropped += 1;
                         if let Some(s) = warn_.tap.check(millis()) {
@@ -104,9 +114,15 @@ pub fn link_to_tap(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> bool {
     more
 }
 
-/// Moves up to [`ROUND`] frames from the TAP to the link. Returns `(more, blocked)`: the TAP
-/// may have more, the ring is full (wait for a completion doorbell).
-pub fn tap_to_link(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> (bool, bool) {
+/// Moves up to [`ROUND`] frames from the TAP to the link, recording each in `cap`, if any.
+/// Returns `(more, blocked)`: the TAP may have more, the ring is full (wait for a completion
+/// doorbell).
+pub fn tap_to_link(
+    link: &mut Link,
+    tap: &Tap,
+    warn_: &mut Warnings,
+    mut cap: Option<&mut Capture>,
+) -> (bool, bool) {
     let mut sent = 0;
     let mut blocked = false;
     let mut more = false;
@@ -116,7 +132,12 @@ pub fn tap_to_link(link: &mut Link, tap: &Tap, warn_: &mut Warnings) -> (bool, b
             // SAFETY: reserve() gave a slot of MAX_FRAME bytes at `off`, inside our own
             // section, which only we write.
             match unsafe { tap.read_raw(p, MAX_FRAME) } {
-                Ok(Some(n)) if n > 0 => Some(n),
+                Ok(Some(n)) if n > 0 => {
+                    if let Some(c) = cap.as_deref_mut() {
+                        c.record_from(region, off, n);
+                    }
+                    Some(n)
+                }
                 Ok(_) => None,
                 Err(e) => {
                     if let Some(s) = warn_.tap.check(millis()) {
@@ -163,7 +184,7 @@ pub fn run_with(
     stop: &AtomicBool,
     tick: impl FnMut(&Link),
 ) -> io::Result<()> {
-    run_full(link, tap, stop, false, tick)
+    run_full(link, tap, stop, false, None, tick)
 }
 
 /// How long the TAP's carrier stays off after the link went down, at least: the kernel
@@ -236,12 +257,14 @@ impl CarrierFollower {
 
 /// As [`run_with`]; `follow_carrier`: the TAP's carrier follows the link's (see
 /// [`CarrierFollower`]; for a TAP of its own, not a bridge port, whose neighbours live on the
-/// bridge and whose carrier would take the port down).
+/// bridge and whose carrier would take the port down). `capture`: every frame moved, both
+/// ways, is recorded there.
 pub fn run_full(
     link: &mut Link,
     tap: &Tap,
     stop: &AtomicBool,
     follow_carrier: bool,
+    mut capture: Option<Capture>,
     mut tick: impl FnMut(&Link),
 ) -> io::Result<()> {
     link.update_state();
@@ -257,6 +280,9 @@ pub fn run_full(
         if last_tick.elapsed().as_millis() >= 100 {
             last_tick = Instant::now();
             tick(link);
+            if let Some(c) = capture.as_mut() {
+                c.flush();
+            }
         }
         let running = link.running();
         let (sock_ev, st_ev, data_ev, tap_ev) = {
@@ -307,7 +333,7 @@ pub fn run_full(
             continue;
         }
         // Shared memory -> TAP, one bounded round.
-        let rx_more = link_to_tap(link, tap, &mut warnings);
+        let rx_more = link_to_tap(link, tap, &mut warnings, capture.as_mut());
         // TAP -> shared memory, one bounded round.
         let _ = link.reclaim();
         if tx_blocked && link.tx_room(MAX_FRAME) {
@@ -315,7 +341,7 @@ pub fn run_full(
         }
         let mut tx_more = false;
         if !tx_blocked && (tap_ev || data_ev || busy) {
-            let (more, blocked) = tap_to_link(link, tap, &mut warnings);
+            let (more, blocked) = tap_to_link(link, tap, &mut warnings, capture.as_mut());
             tx_more = more;
             tx_blocked = blocked;
         }

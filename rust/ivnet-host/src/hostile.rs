@@ -206,7 +206,7 @@ fn stall(
         }
         drain_eventfd(link.client().vector(VECTOR_DATA).expect("data vector"));
         if complete {
-            bridge::link_to_tap(link, tap, &mut warnings);
+            bridge::link_to_tap(link, tap, &mut warnings, None);
         }
         if !forward {
             // Drain the TAP so that it does not keep poll() awake.
@@ -220,7 +220,7 @@ fn stall(
             continue;
         }
         let _ = link.reclaim();
-        let (_, blocked) = bridge::tap_to_link(link, tap, &mut warnings);
+        let (_, blocked) = bridge::tap_to_link(link, tap, &mut warnings, None);
         if blocked {
             // The other end stopped taking frames (it reset the link): wait, do not spin.
             std::thread::sleep(Duration::from_millis(20));
@@ -240,9 +240,9 @@ fn flood(link: &mut Link, tap: &Tap, over: impl Fn() -> bool) {
             link.ring(VECTOR_DATA);
         }
         n += 512;
-        bridge::link_to_tap(link, tap, &mut warnings);
+        bridge::link_to_tap(link, tap, &mut warnings, None);
         let _ = link.reclaim();
-        bridge::tap_to_link(link, tap, &mut warnings);
+        bridge::tap_to_link(link, tap, &mut warnings, None);
     }
     info!("doorbell flood: {n} doorbells rung");
 }

@@ -34,6 +34,7 @@ pub mod netcfg;
 pub mod network;
 pub mod nft;
 pub mod observe;
+pub mod pcap;
 pub mod privs;
 pub mod proto;
 pub mod server;

@@ -60,6 +60,13 @@ enum Cmd {
         /// how many itself).
         #[arg(long, default_value_t = 2)]
         vectors: u16,
+        /// Record every frame moved, both ways, in this pcap file (tcpdump -r, tshark,
+        /// Wireshark); it must not exist.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// The most the pcap file may grow to; the capture stops there, the link goes on.
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        pcap_max: usize,
     },
     /// Check a topology file (cells, links, host bridge, DHCP, forwards) and summarise it;
     /// the first problem is reported with its line.
@@ -478,6 +485,8 @@ fn main() -> ExitCode {
             socket,
             tap,
             vectors,
+            pcap,
+            pcap_max,
         } => (|| {
             if vectors < 2 {
                 return Err(format!(
@@ -485,6 +494,10 @@ fn main() -> ExitCode {
                 ));
             }
             let tap = Tap::open(&tap).map_err(|e| e.to_string())?;
+            let capture = pcap
+                .map(|p| ivnet_host::pcap::Capture::create(&p, pcap_max as u64))
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let client = Client::connect(&socket, vectors).map_err(|e| e.to_string())?;
             // The TAP is open and the link joined: nothing else needs privileges.
             ivnet_host::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
@@ -495,7 +508,7 @@ fn main() -> ExitCode {
             }
             // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
             unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
-            let r = bridge::run_full(&mut link, &tap, &stop, true, |l| {
+            let r = bridge::run_full(&mut link, &tap, &stop, true, capture, |l| {
                 if STATS.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     log::info!("stats: {:?}", l.stats);
                 }
