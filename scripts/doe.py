@@ -220,8 +220,15 @@ def worker(plan_path: Path) -> int:
                 env = envs[k]
                 base = dict(order=run["order"], block=plan["block"], isolation=plan["isolation"],
                             stress=run["stress"], rep=run["rep"], driver=k)
+
+                def blank(response: str) -> dict:
+                    return dict(base, response=response, value="", loss_pct="", p99_ms="", error="",
+                                t=round(time.time(), 1))
+
+                def why(e: Exception) -> str:
+                    return " ".join(str(e).split())[:200] or type(e).__name__
                 for key, proto, direction, size in WORKLOADS:
-                    row = dict(base, response=key, value="", loss_pct="", p99_ms="", error="", t=round(time.time(), 1))
+                    row = blank(key)
                     try:
                         env.ensure()
                         p0 = probe(env)
@@ -231,7 +238,7 @@ def worker(plan_path: Path) -> int:
                         if "loss_pct" in r:
                             row["loss_pct"] = f"{r['loss_pct']:.3f}"
                     except Exception as e:
-                        row["error"] = " ".join(str(e).split())[:200] or type(e).__name__
+                        row["error"] = why(e)
                         try:
                             env.boot(env.elf)
                         except Exception as e2:
@@ -241,7 +248,7 @@ def worker(plan_path: Path) -> int:
                     f.flush()
                     log(f"  #{run['order']:3} {plan['isolation']:3} {run['stress']:4} {k:6} {key:12} "
                         + (f"{float(row['value']):8.2f} Mbit/s" if row["value"] else f"ERROR {row['error']}"))
-                row = dict(base, response="ping_ms", value="", loss_pct="", p99_ms="", error="", t=round(time.time(), 1))
+                row = blank("ping_ms")
                 try:
                     env.ensure()
                     p0 = probe(env)
@@ -250,7 +257,7 @@ def worker(plan_path: Path) -> int:
                     row["value"] = f"{rtts[len(rtts) // 2]:.4f}"
                     row["p99_ms"] = f"{rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]:.4f}"
                 except Exception as e:
-                    row["error"] = " ".join(str(e).split())[:200] or type(e).__name__
+                    row["error"] = why(e)
                 w.writerow(row)
                 f.flush()
             if ask({"unstress": run["stress"]}) != "ok":

@@ -349,6 +349,15 @@ def profile_section(d: pd.DataFrame, checks_failed: list[tuple[str, str]]) -> li
 
 def plots(out: Path, d: pd.DataFrame, it: pd.DataFrame, owmap: dict) -> list[str]:
     files = []
+
+    def save(fig, name: str, title: str | None = None) -> None:
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
     for b in ("off", "on"):
         x = sub(d, isolation=b)
         if x.empty:
@@ -374,12 +383,7 @@ def plots(out: Path, d: pd.DataFrame, it: pd.DataFrame, owmap: dict) -> list[str
                 ax.set_ylim(bottom=0)
         axes[0].legend(handles=[plt.Line2D([], [], color=COLORS[k], marker="s", ls="", label=LABEL[k]) for k in DRIVERS],
                        fontsize=8)
-        fig.suptitle(f"Responses by stress class and driver (isolation {b})")
-        fig.tight_layout()
-        f = f"box-isolation-{b}.png"
-        fig.savefig(out / f, dpi=110)
-        plt.close(fig)
-        files.append(f)
+        save(fig, f"box-isolation-{b}.png", f"Responses by stress class and driver (isolation {b})")
     # Interaction plot: class means per driver, relative to each driver's unstressed mean.
     x = sub(d, isolation="off")
     if not x.empty:
@@ -400,11 +404,7 @@ def plots(out: Path, d: pd.DataFrame, it: pd.DataFrame, owmap: dict) -> list[str
             ax.set_title(title, fontsize=9)
             ax.set_ylabel("mean / unstressed mean")
         axes[0].legend(fontsize=7)
-        fig.suptitle("Interaction: stress class x driver (and isolation)")
-        fig.tight_layout()
-        fig.savefig(out / "interaction.png", dpi=110)
-        plt.close(fig)
-        files.append("interaction.png")
+        save(fig, "interaction.png", "Interaction: stress class x driver (and isolation)")
     # Residual QQ plots of the original's one-way models on ivnet.
     keys = [k for k in ("tcp256_up", "udp1024_up") if owmap.get(("ivnet", k, "off")) and owmap[("ivnet", k, "off")].valid]
     if keys:
@@ -412,10 +412,7 @@ def plots(out: Path, d: pd.DataFrame, it: pd.DataFrame, owmap: dict) -> list[str
         for ax, k in zip(axes[0], keys):
             qqplot(owmap[("ivnet", k, "off")].model.resid, line="s", ax=ax)
             ax.set_title(f"ivnet {RESPONSES[k][0]}: residuals", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "qq-residuals.png", dpi=110)
-        plt.close(fig)
-        files.append("qq-residuals.png")
+        save(fig, "qq-residuals.png")
     if not it.empty and not it["mean_on"].isna().all():
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, key in zip(axes, ("tcp256_up", "udp1024_up")):
@@ -430,11 +427,7 @@ def plots(out: Path, d: pd.DataFrame, it: pd.DataFrame, owmap: dict) -> list[str
             ax.set_ylabel("change against unstressed (%)")
             ax.set_title(RESPONSES[key][0], fontsize=9)
         axes[0].legend(fontsize=7)
-        fig.suptitle("Isolation: each class's effect, off and on")
-        fig.tight_layout()
-        fig.savefig(out / "isolation.png", dpi=110)
-        plt.close(fig)
-        files.append("isolation.png")
+        save(fig, "isolation.png", "Isolation: each class's effect, off and on")
     return files
 
 

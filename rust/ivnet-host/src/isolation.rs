@@ -121,14 +121,18 @@ impl Spec {
         self.cpu_weight.is_none() && self.cpus.is_none() && self.memory_min.is_none()
     }
 
+    /// A CPU weight as given (a topology's integer may be anything): 1..=10000.
+    pub fn cpu_weight(w: i64) -> Result<u32, String> {
+        u32::try_from(w)
+            .ok()
+            .filter(|v| (1..=10000).contains(v))
+            .ok_or_else(|| format!("cpu_weight {w}: use 1..10000 (100 is every process's default)"))
+    }
+
     /// Checks the values that can be checked without the machine.
     pub fn check(&self) -> Result<(), String> {
         if let Some(w) = self.cpu_weight {
-            if !(1..=10000).contains(&w) {
-                return Err(format!(
-                    "cpu_weight {w}: use 1..10000 (100 is every process's default)"
-                ));
-            }
+            Spec::cpu_weight(w.into())?;
         }
         if self.is_empty() {
             return Err("isolation asks for nothing: give cpu_weight, cpus or memory_min".into());

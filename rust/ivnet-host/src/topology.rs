@@ -383,17 +383,9 @@ fn parse_isolation(
     let raw = iso.get_ref();
     let mut spec = isolation::Spec::default();
     if let Some(w) = &raw.cpu_weight {
-        match u32::try_from(*w.get_ref()) {
-            Ok(v) if (1..=10000).contains(&v) => spec.cpu_weight = Some(v),
-            _ => {
-                return lines.err(
-                    w.span(),
-                    format!(
-                        "isolation cpu_weight {}: use 1..10000 (100 is every process's default)",
-                        w.get_ref()
-                    ),
-                )
-            }
+        match isolation::Spec::cpu_weight(*w.get_ref()) {
+            Ok(v) => spec.cpu_weight = Some(v),
+            Err(e) => return lines.err(w.span(), format!("isolation {e}")),
         }
     }
     if let Some(c) = &raw.cpus {
