@@ -8,5 +8,5 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 . scripts/zephyr-env.sh
 [ -n "${ZEPHYR_BASE:-}" ] && [ -d "$ZEPHYR_BASE" ] || { echo "bench: no Zephyr workspace (run scripts/bootstrap.sh)" >&2; exit 1; }
-cargo build --release -q -p ivnet-host
+cargo build --release -q -p ivnet -p ivnet-bench
 exec python3 scripts/bench.py "$@"

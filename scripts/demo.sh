@@ -13,7 +13,7 @@ if [ ! -d "$ws/zephyr" ]; then
   echo "demo: no Zephyr workspace at $ws (see docs/zephyr-workspace.md)" >&2
   exit 1
 fi
-cargo build --release --quiet -p ivnet-host
+cargo build --release --quiet -p ivnet -p ivnet-bench
 . scripts/zephyr-env.sh
 west build -p auto -b qemu_cortex_a53 samples/echo -d build/cell -S ivnet -S ivnet-cell >/dev/null
 exec "$ws/.venv/bin/python" scripts/demo.py "$@"

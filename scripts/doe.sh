@@ -10,5 +10,5 @@ cd "$here"
 . scripts/zephyr-env.sh
 [ -n "${ZEPHYR_BASE:-}" ] && [ -d "$ZEPHYR_BASE" ] || { echo "doe: no Zephyr workspace (run scripts/bootstrap.sh)" >&2; exit 1; }
 command -v stress-ng >/dev/null || { echo "doe: stress-ng is missing (scripts/bootstrap.sh installs it)" >&2; exit 1; }
-cargo build --release -q -p ivnet-host
+cargo build --release -q -p ivnet -p ivnet-bench
 exec python3 scripts/doe.py "$@"

@@ -45,7 +45,7 @@ step "cargo fmt" cargo fmt --all --check
 step "cargo fmt (Zephyr driver crate)" bash -c "cd rust/ivnet-zephyr && cargo fmt --check"
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
-step "cargo build --release" cargo build --release --quiet -p ivnet-host
+step "cargo build --release" cargo build --release --quiet -p ivnet -p ivnet-bench
 step "host link across namespaces (netns-ping)" bash tests/host/netns-ping.sh
 step "fuzz crate: fmt, clippy, regression inputs" \
   env CARGO_TARGET_DIR="$HOME/.cache/ivnet-fuzz/check" bash -c "cd fuzz && cargo fmt --check && cargo clippy --all-targets --quiet -- -D warnings && cargo test -q -p ivnet-fuzz-common"

@@ -25,7 +25,7 @@ def ivnet_bin() -> Path:
     """The ivnet host binary (built by `cargo build --release` if missing)."""
     b = Path(os.environ.get("IVNET_BIN", ROOT / "target" / "release" / "ivnet"))
     if not b.exists():
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet-host"],
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet", "-p", "ivnet-bench"],
                        cwd=ROOT, check=True)
     return b
 

@@ -41,7 +41,7 @@ print("sent", n)
 def hostile_bin() -> Path:
     b = h.ivnet_bin().parent / "ivnet-hostile"
     if not b.exists():
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet-host"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ivnet", "-p", "ivnet-bench"], cwd=ROOT, check=True)
     return b
 
 

@@ -1,5 +1,5 @@
 //! Target `client_proto`: the client's side of the ivshmem-server protocol
-//! (`ivnet_host::proto::recv_msg` through `ivnet_host::client::Client`), fed arbitrary server
+//! (`ivnet_dataplane::proto::recv_msg` through `ivnet_dataplane::client::Client`), fed arbitrary server
 //! behaviour over a real UNIX socket.
 //!
 //! A server thread (one per process) accepts the client's connection and plays a script: an
@@ -23,8 +23,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
-use ivnet_host::client::{Client, ServerEvent};
-use ivnet_host::mapping::memfd;
+use ivnet_dataplane::client::{Client, ServerEvent};
+use ivnet_dataplane::mapping::memfd;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// A message value.

@@ -1,5 +1,5 @@
 //! Target `observer`: the host's read-only counter of a cell<->cell link
-//! (`ivnet_host::observe::LinkObserver`), sampling a real memfd-backed v1 region that the
+//! (`ivnet_dataplane::observe::LinkObserver`), sampling a real memfd-backed v1 region that the
 //! fuzzer-driven cells write between samples.
 //!
 //! The cells either write arbitrary values into the fields the observer reads (owner and state
@@ -20,8 +20,8 @@ use ivnet_core::geometry::Geometry;
 use ivnet_core::queue::{Queues, MIN_FRAME};
 use ivnet_core::v1::{min_region_size, V1Region, CONTROL_SIZE, SLOTS};
 use ivnet_core::ProtocolError;
-use ivnet_host::mapping::{memfd, Mapping};
-use ivnet_host::observe::LinkObserver;
+use ivnet_dataplane::mapping::{memfd, Mapping};
+use ivnet_dataplane::observe::LinkObserver;
 
 use crate::peer::{frame_bytes, header_word, Addr, DescRef, Index16, Len};
 

@@ -32,7 +32,7 @@ fn kept_inputs_pass() {
 /// kernel truncates the control data (MSG_CTRUNC) after installing two of them, nix's
 /// `cmsgs()` then refuses to list them, and the two installed descriptors are never closed.
 /// Found by the `client_proto` target (`fuzz/regressions/client_proto/recv-msg-fd-leak-3-fds`);
-/// fixed in `ivnet-host/src/proto.rs` (room for SCM_MAX_FD descriptors).
+/// fixed in `rust/ivnet-dataplane/src/proto.rs` (room for SCM_MAX_FD descriptors).
 #[test]
 fn recv_msg_does_not_leak_descriptors_of_a_truncated_message() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ivnet_host::bench::{self, WaitMode};
-use ivnet_host::{bridge, client::Client, link::Link, network, server, size::parse_size, tap::Tap};
+use ivnet_bench::core_bench::{self as bench, WaitMode};
+use ivnet_control::{network, size::parse_size};
+use ivnet_dataplane::{bridge, client::Client, link::Link, server, tap::Tap};
 use log::error;
 
 #[derive(Parser)]
@@ -200,7 +201,7 @@ fn signal_hook_register(sig: libc::c_int, flag: Arc<AtomicBool>) -> std::io::Res
 }
 
 fn check(file: &std::path::Path) -> Result<(), String> {
-    use ivnet_host::topology::{Addressing, End, Topology};
+    use ivnet_control::topology::{Addressing, End, Topology};
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(std::path::Path::new("."));
     let t = Topology::parse(&text, base).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -213,7 +214,7 @@ fn check(file: &std::path::Path) -> Result<(), String> {
         h.subnet6
             .map(|p| format!(
                 " and {}/64 (router advertisements of {p}/64)",
-                ivnet_host::topology::in6(p, 1)
+                ivnet_control::topology::in6(p, 1)
             ))
             .unwrap_or_default(),
         h.dhcp
@@ -304,9 +305,9 @@ fn isolate(
     command: &[std::ffi::OsString],
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    use ivnet_host::isolation::{Group, Spec, CGROUP_ROOT};
+    use ivnet_control::isolation::{Group, Spec, CGROUP_ROOT};
     use std::sync::atomic::Ordering;
-    ivnet_host::names::check_ifname("group name", name)?;
+    ivnet_control::names::check_ifname("group name", name)?;
     let spec = Spec {
         cpu_weight,
         cpus: cpus.map(str::parse).transpose()?,
@@ -478,7 +479,7 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|mut s| {
             // The socket is bound: nothing else needs privileges.
-            ivnet_host::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
+            ivnet_dataplane::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
             s.run(&stop).map_err(|e| e.to_string())
         }),
         Cmd::Peer {
@@ -495,12 +496,12 @@ fn main() -> ExitCode {
             }
             let tap = Tap::open(&tap).map_err(|e| e.to_string())?;
             let capture = pcap
-                .map(|p| ivnet_host::pcap::Capture::create(&p, pcap_max as u64))
+                .map(|p| ivnet_dataplane::pcap::Capture::create(&p, pcap_max as u64))
                 .transpose()
                 .map_err(|e| e.to_string())?;
             let client = Client::connect(&socket, vectors).map_err(|e| e.to_string())?;
             // The TAP is open and the link joined: nothing else needs privileges.
-            ivnet_host::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
+            ivnet_dataplane::privs::drop_all_in_thread().map_err(|e| e.to_string())?;
             let mut link = Link::new(client).map_err(|e| e.to_string())?;
             static STATS: AtomicBool = AtomicBool::new(false);
             extern "C" fn on_usr1(_: libc::c_int) {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use ivnet_core::queue::MIN_FRAME;
 use ivnet_core::v1::VECTOR_DATA;
-use ivnet_host::client::{drain_eventfd, Client};
-use ivnet_host::link::Link;
+use ivnet_dataplane::client::{drain_eventfd, Client};
+use ivnet_dataplane::link::Link;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 mod common;

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{link_up, start_observed, start_with, wait_for};
-use ivnet_host::client::Client;
-use ivnet_host::link::Link;
-use ivnet_host::observe::Direction;
-use ivnet_host::server::Ivshmem;
+use ivnet_dataplane::client::Client;
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::observe::Direction;
+use ivnet_dataplane::server::Ivshmem;
 
 #[test]
 fn counts_frames_bytes_and_state_changes_of_a_link() {

@@ -16,10 +16,10 @@ use ivnet_core::v1::{V1Region, VECTOR_DATA, VECTOR_STATE};
 use log::info;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::bridge::{self, Warnings};
-use crate::client::drain_eventfd;
-use crate::link::Link;
-use crate::tap::Tap;
+use ivnet_dataplane::bridge::{self, Warnings};
+use ivnet_dataplane::client::drain_eventfd;
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::tap::Tap;
 
 /// What the hostile peer does during its attack phase. The attacks that break the protocol
 /// stop completing the other end's frames; those that need the other end to have frames in
@@ -147,6 +147,11 @@ pub fn run(
             }
         }
         flags.end.store(false, Ordering::Relaxed);
+        if matches!(attack, Attack::StateWord | Attack::StateFlap) {
+            // Honest again means a state word that says what our state machine is in: the
+            // attack's last write may have left RUN there while we went back to RESET.
+            link.republish_state();
+        }
         info!("attack {attack:?}: end ({:?})", link.stats);
         println!("ATTACK end {attack:?}");
         // Honest again (the loop): the state machine first notices whatever the other end

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ivnet_host::link::Link;
-use ivnet_host::server::{Ivshmem, Server, ServerConfig};
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::server::{Ivshmem, Server, ServerConfig};
 
 /// A server running on its own thread; stopped and joined when dropped.
 pub struct Running {
@@ -56,7 +56,7 @@ pub fn start_v2(tag: &str, size: usize) -> Running {
 }
 
 /// Starts a server for one link of `size` bytes, with a host observer of its region.
-pub fn start_observed(tag: &str, size: usize) -> (Running, ivnet_host::observe::LinkObserver) {
+pub fn start_observed(tag: &str, size: usize) -> (Running, ivnet_dataplane::observe::LinkObserver) {
     start_with(tag, size, Ivshmem::V1)
 }
 
@@ -65,7 +65,7 @@ pub fn start_with(
     tag: &str,
     size: usize,
     ivshmem: Ivshmem,
-) -> (Running, ivnet_host::observe::LinkObserver) {
+) -> (Running, ivnet_dataplane::observe::LinkObserver) {
     let dir = TempDir::new(tag);
     let path = dir.0.join("link.sock");
     let server = Server::new(ServerConfig {

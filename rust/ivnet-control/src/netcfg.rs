@@ -714,7 +714,7 @@ mod tests {
         in_netns(|| {
             create_bridge("ivtbr1").unwrap();
             // A TAP made the way the rest of the crate makes it (TUNSETIFF on /dev/net/tun).
-            let tap = crate::tap::Tap::open("ivttap0").expect("open tap");
+            let tap = ivnet_dataplane::tap::Tap::open("ivttap0").expect("open tap");
             set_master("ivttap0", "ivtbr1").unwrap();
             set_up("ivttap0").unwrap();
             assert_eq!(master_of("ivttap0").as_deref(), Some("ivtbr1"));

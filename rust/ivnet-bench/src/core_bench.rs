@@ -38,7 +38,7 @@ use ivnet_core::ProtocolError;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::mapping::{memfd, Mapping};
+use ivnet_dataplane::mapping::{memfd, Mapping};
 
 /// Largest frame size the benchmark accepts.
 pub const MAX_FRAME: usize = 65535;

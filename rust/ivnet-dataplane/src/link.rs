@@ -326,6 +326,18 @@ impl Link {
         }
     }
 
+    /// Writes our state word again from the state machine's own view, and rings the peer.
+    ///
+    /// An honest end's word always equals its state; this is for an end whose word was
+    /// overwritten behind its back (the hostile peer of the tests, which lies about its state
+    /// and then behaves). Without it such an end can sit in RESET, waiting for the other end
+    /// to leave RUN, while its word still says RUN to an other end that is content to stay.
+    pub fn republish_state(&mut self) {
+        let _ = self.ep.words().set_state(self.ep.state());
+        self.ring(VECTOR_STATE);
+        self.update_state();
+    }
+
     /// The peer broke the protocol: log it, drop the carrier and start over from RESET.
     pub fn protocol_reset(&mut self, e: ProtocolError) {
         let fx = Effects {
@@ -452,7 +464,7 @@ impl Link {
     /// The region is lent for the call only; keeping it does not compile:
     ///
     /// ```compile_fail
-    /// fn keep(link: &mut ivnet_host::link::Link) {
+    /// fn keep(link: &mut ivnet_dataplane::link::Link) {
     ///     let mut saved = None;
     ///     link.receive(1, |r, _| saved = Some(*r));
     ///     let _ = saved;

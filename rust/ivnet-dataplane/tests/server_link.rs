@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use ivnet_core::state::LinkState;
 use ivnet_core::v1::{V1Region, VECTOR_STATE};
-use ivnet_host::client::{drain_eventfd, Client, ServerEvent};
-use ivnet_host::link::Link;
-use ivnet_host::server::{Ivshmem, Server, ServerConfig, ServerError};
+use ivnet_dataplane::client::{drain_eventfd, Client, ServerEvent};
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::server::{Ivshmem, Server, ServerConfig, ServerError};
 
 mod common;
 use common::{exchange_frames, link_up, start, wait_for, TempDir};
@@ -137,7 +137,7 @@ fn bad_settings_are_named() {
 
 #[test]
 fn a_peer_cannot_resize_the_shared_memory() {
-    use ivnet_host::proto::recv_msg;
+    use ivnet_dataplane::proto::recv_msg;
     let s = start("seal", 1 << 20);
     let raw = std::os::unix::net::UnixStream::connect(&s.path).unwrap();
     let (version, _) = recv_msg(raw.as_fd()).unwrap().unwrap();
@@ -150,7 +150,7 @@ fn a_peer_cannot_resize_the_shared_memory() {
         let e = nix::unistd::ftruncate(&shm, len).expect_err("resizing must be refused");
         assert_eq!(e, nix::errno::Errno::EPERM, "ftruncate to {len}");
     }
-    assert_eq!(ivnet_host::mapping::fd_size(&shm).unwrap(), 1 << 20);
+    assert_eq!(ivnet_dataplane::mapping::fd_size(&shm).unwrap(), 1 << 20);
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn a_peer_that_stops_reading_is_dropped_not_waited_for() {
     deaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut n = 0;
     loop {
-        match ivnet_host::proto::recv_msg(deaf.as_fd()) {
+        match ivnet_dataplane::proto::recv_msg(deaf.as_fd()) {
             Ok(Some(_)) => n += 1,
             Ok(None) => break,
             Err(e) => panic!("after {n} messages: {e}"),
@@ -217,4 +217,47 @@ fn an_overwritten_owner_table_is_put_back() {
     wait_for("b rung", || {
         drain_eventfd(b.vector(VECTOR_STATE).unwrap()) > 0
     });
+}
+
+/// An end that went back to RESET while its state word still says RUN (a peer that lied about
+/// its state, as the hostile peer's state-flap attack does, and then reset after an error) and
+/// an honest end in RUN wait for each other for ever: the RESET end for the other to leave RUN,
+/// the RUN end for a state change. `republish_state` (what the hostile peer does when it turns
+/// honest again) writes the true state, and the handshake completes.
+#[test]
+fn a_state_word_that_lies_is_repaired_by_republishing_it() {
+    use ivnet_core::error::ProtocolError;
+    use ivnet_core::state::LinkState;
+    use ivnet_core::v1::V1Region;
+
+    let s = start("republish", 1 << 20);
+    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    wait_for("a learns b's vectors", || {
+        a.handle_server_message().unwrap();
+        a.client().peer_ids().contains(&1)
+    });
+    a.set_up(true);
+    b.set_up(true);
+    link_up(&mut a, &mut b);
+
+    // b resets after an error (its word: RESET) but a write behind its back says RUN again
+    // before a looked.
+    b.protocol_reset(ProtocolError::DescriptorIndexOutOfRange { index: 99 });
+    let v1 = V1Region::new(b.client().mapping().region()).unwrap();
+    v1.set_state(b.slot(), LinkState::Run.raw()).unwrap();
+    for _ in 0..50 {
+        a.update_state();
+        b.update_state();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(
+        a.running() && b.state() == LinkState::Reset,
+        "the deadlock this test is about: a {:?}, b {:?}",
+        a.state(),
+        b.state()
+    );
+
+    b.republish_state();
+    link_up(&mut a, &mut b);
 }

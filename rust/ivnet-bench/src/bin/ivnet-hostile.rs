@@ -1,4 +1,4 @@
-//! `ivnet-hostile`: a hostile peer for tests (see `ivnet_host::hostile`). It joins a link
+//! `ivnet-hostile`: a hostile peer for tests (see `ivnet_bench::hostile`). It joins a link
 //! served by `ivnet server` in place of the host peer, bridged to a TAP, behaves honestly,
 //! attacks, then behaves honestly again.
 //!
@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use ivnet_host::client::Client;
-use ivnet_host::hostile::{self, Attack, Flags, Schedule};
-use ivnet_host::link::Link;
-use ivnet_host::tap::Tap;
+use ivnet_bench::hostile::{self, Attack, Flags, Schedule};
+use ivnet_dataplane::client::Client;
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::tap::Tap;
 
 #[derive(Parser)]
 #[command(

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use ivnet_core::state::LinkState;
 use ivnet_core::v2::{V2Region, VECTOR_STATE};
-use ivnet_host::client::{drain_eventfd, Client, ServerEvent, V2Link};
-use ivnet_host::link::Link;
-use ivnet_host::proto::v2::{self as pv2, Msg};
+use ivnet_dataplane::client::{drain_eventfd, Client, ServerEvent, V2Link};
+use ivnet_dataplane::link::Link;
+use ivnet_dataplane::proto::v2::{self as pv2, Msg};
 
 mod common;
 use common::{exchange_frames, link_up, start_v2, wait_for};
@@ -32,7 +32,7 @@ fn init_then_eventfds_as_the_device_expects() {
         }
     );
     let shm = shm.expect("INIT carries the memory");
-    assert_eq!(ivnet_host::mapping::fd_size(&shm).unwrap(), 0xff000);
+    assert_eq!(ivnet_dataplane::mapping::fd_size(&shm).unwrap(), 0xff000);
     for v in 0..2 {
         let (m, fd) = pv2::recv(raw.as_fd()).unwrap().unwrap();
         assert_eq!(m, Msg::EventFd { id: 0, vector: v });
@@ -57,7 +57,7 @@ fn init_then_eventfds_as_the_device_expects() {
         assert!(fd.is_some());
     }
     // The memory is shared: what b writes in its state entry, the raw peer's map shows.
-    let map = ivnet_host::mapping::Mapping::new(&shm, 0xff000).unwrap();
+    let map = ivnet_dataplane::mapping::Mapping::new(&shm, 0xff000).unwrap();
     let v2b = V2Region::new(b.mapping().region(), 1, 2, OUT as usize).unwrap();
     assert_eq!(v2b.set_state(2), Ok(true));
     assert_eq!(map.region().load_u32(4), Ok(2));

@@ -35,17 +35,18 @@ use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::client::Client;
 use crate::isolation::{Group, CGROUP_ROOT};
-use crate::link::{Link, Stats};
 use crate::names::check_ifname;
+use crate::netcfg;
 use crate::nft;
-use crate::observe::{Counts, LinkObserver};
-use crate::server::{Ivshmem, Server, ServerConfig};
-use crate::tap::Tap;
 use crate::topology::{self, Addressing, End, Topology};
-use crate::{bridge, netcfg};
 use ivnet_core::mac::Mac;
+use ivnet_dataplane::bridge;
+use ivnet_dataplane::client::Client;
+use ivnet_dataplane::link::{Link, Stats};
+use ivnet_dataplane::observe::{Counts, LinkObserver};
+use ivnet_dataplane::server::{Ivshmem, Server, ServerConfig};
+use ivnet_dataplane::tap::Tap;
 
 /// Where networks keep their state by default (one directory per network).
 pub const STATE_ROOT: &str = "/run/ivnet";
@@ -523,7 +524,7 @@ impl Supervisor {
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             // What the peer writes is handled here: with no capabilities (see privs), or not
             // at all.
-            if let Err(e) = crate::privs::drop_all_in_thread() {
+            if let Err(e) = ivnet_dataplane::privs::drop_all_in_thread() {
                 error!("host peer on {}: {e}: not serving the link", tap.name());
                 return;
             }
@@ -575,7 +576,7 @@ impl Supervisor {
         let stop = self.stop.clone();
         self.observer = Some(std::thread::Builder::new().name("observer".into()).spawn(
             move || {
-                if let Err(e) = crate::privs::drop_all_in_thread() {
+                if let Err(e) = ivnet_dataplane::privs::drop_all_in_thread() {
                     error!("observer: {e}: not observing");
                     return;
                 }
@@ -702,7 +703,7 @@ impl Supervisor {
         ));
         cmd.arg("-kernel").arg(self.paths.image(&c.name));
         if let Some(user) = &self.qemu_user {
-            cmd.args(crate::privs::qemu_args(user));
+            cmd.args(ivnet_dataplane::privs::qemu_args(user));
         }
         // One file in append mode for both streams: a restart keeps why the cell died.
         let log = fs::File::options()
@@ -1074,15 +1075,15 @@ impl Supervisor {
         // CAP_SETPCAP): from here on the main thread keeps only what running and tearing down
         // the network needs.
         if nix::unistd::geteuid().is_root() {
-            match crate::privs::keep_only(
-                &crate::privs::SUPERVISOR_CAPS,
-                &crate::privs::SUPERVISOR_EFFECTIVE,
+            match ivnet_dataplane::privs::keep_only(
+                &ivnet_dataplane::privs::SUPERVISOR_CAPS,
+                &ivnet_dataplane::privs::SUPERVISOR_EFFECTIVE,
             ) {
                 Ok(()) => info!(
                     "privileges dropped: capabilities {:#x} permitted, {:#x} effective, no new \
                      privileges; cells run as {}",
-                    crate::privs::mask(&crate::privs::SUPERVISOR_CAPS),
-                    crate::privs::mask(&crate::privs::SUPERVISOR_EFFECTIVE),
+                    ivnet_dataplane::privs::mask(&ivnet_dataplane::privs::SUPERVISOR_CAPS),
+                    ivnet_dataplane::privs::mask(&ivnet_dataplane::privs::SUPERVISOR_EFFECTIVE),
                     self.qemu_user.as_deref().unwrap_or("?")
                 ),
                 Err(e) => error!("could not drop privileges ({e}): the supervisor keeps full root"),
@@ -1171,7 +1172,7 @@ impl Drop for Slot {
 fn serve_metrics(listener: TcpListener, snapshot: Arc<Mutex<Value>>, stop: &AtomicBool) {
     // HTTP from anyone who can reach the address: handled with no capabilities (see privs),
     // or not at all.
-    if let Err(e) = crate::privs::drop_all_in_thread() {
+    if let Err(e) = ivnet_dataplane::privs::drop_all_in_thread() {
         error!("metrics: {e}: not serving metrics");
         return;
     }
@@ -1669,7 +1670,7 @@ pub fn supervise(dir: &Path, metrics: &str, term: &AtomicBool) -> io::Result<()>
         TcpListener::bind(metrics).map_err(|e| err(format!("metrics endpoint {metrics}: {e}")))?;
     let mut sup = Supervisor::new(topo, paths.clone(), metrics.to_string());
     if root {
-        sup.qemu_user = Some(crate::privs::qemu_user()?);
+        sup.qemu_user = Some(ivnet_dataplane::privs::qemu_user()?);
     }
     sup.save_record();
     sup.up()?;
