@@ -18,6 +18,7 @@
 //! builds on both.
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod isolation;
 pub mod metrics;
 pub mod names;
@@ -25,4 +26,5 @@ pub mod netcfg;
 pub mod network;
 pub mod nft;
 pub mod size;
+pub mod status;
 pub mod topology;

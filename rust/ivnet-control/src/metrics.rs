@@ -6,50 +6,52 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::Value;
+use ivnet_dataplane::link::Stats;
 
-/// (metric, counter key in the status, help, labels beyond network/link): the host peer's
-/// counters of a link to the host. A help text is given with a family's first entry.
+use crate::status::{Flow, Status};
+
+/// A counter of the host peer's [`Stats`] for one metric family: (metric, the counter, help,
+/// labels beyond network/link). A family's help text is given with its first entry.
 type LinkCounter = (
     &'static str,
-    &'static str,
+    fn(&Stats) -> u64,
     &'static str,
     &'static [(&'static str, &'static str)],
 );
 const LINK_COUNTERS: &[LinkCounter] = &[
     (
         "ivnet_link_drops_total",
-        "rx_dropped",
+        |s| s.rx_dropped,
         "Frames dropped: received but not delivered to the TAP, longer than the MTU, or runts not sent.",
         &[("reason", "tap")],
     ),
     (
         "ivnet_link_drops_total",
-        "runts_dropped",
+        |s| s.runts_dropped,
         "",
         &[("reason", "runt")],
     ),
     (
         "ivnet_link_drops_total",
-        "rx_oversize",
+        |s| s.rx_oversize,
         "",
         &[("reason", "oversize")],
     ),
     (
         "ivnet_link_ring_full_total",
-        "ring_full",
+        |s| s.ring_full,
         "Times a frame found the transmit ring full.",
         &[],
     ),
     (
         "ivnet_link_doorbells_total",
-        "doorbells",
+        |s| s.doorbells,
         "Doorbells the host peer rang.",
         &[],
     ),
     (
         "ivnet_link_protocol_resets_total",
-        "protocol_resets",
+        |s| s.protocol_resets,
         "Link resets because the peer broke the protocol.",
         &[],
     ),
@@ -59,14 +61,6 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn b(v: &Value) -> u64 {
-    u64::from(v.as_bool().unwrap_or(false))
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
 }
 
 /// The text of one network's metrics.
@@ -91,38 +85,33 @@ impl Out<'_> {
     }
 }
 
-/// Renders the metrics of a network from its status JSON (as `ivnet status --json` prints).
-pub fn render(status: &Value) -> String {
-    let empty = Vec::new();
-    let links = status["links"].as_array().unwrap_or(&empty);
-    let cells = status["cells"].as_array().unwrap_or(&empty);
+/// Renders the metrics of a network from its status.
+pub fn render(status: &Status) -> String {
     let mut o = Out {
         o: String::new(),
-        network: text(&status["network"]),
+        network: &status.network,
     };
     // Frames and bytes of every link, by direction: the host peer's counts on a link to the
     // host, what the host reads from the shared memory on a cell<->cell link.
-    for (metric, key, help) in [
+    type FlowCount = fn(&Flow) -> u64;
+    let flow_families: [(&str, FlowCount, &str); 2] = [
         (
             "ivnet_link_frames_total",
-            "frames",
+            |f| f.frames,
             "Frames sent over the link, by direction.",
         ),
         (
             "ivnet_link_bytes_total",
-            "bytes",
+            |f| f.bytes,
             "Bytes sent over the link, by direction.",
         ),
-    ] {
+    ];
+    for (metric, count, help) in flow_families {
         o.family(metric, "counter", help);
-        for l in links {
-            for f in l["flows"].as_array().into_iter().flatten() {
-                let labels = [
-                    ("link", text(&l["name"])),
-                    ("from", text(&f["from"])),
-                    ("to", text(&f["to"])),
-                ];
-                o.sample(metric, &labels, f[key].as_u64().unwrap_or(0));
+        for l in &status.links {
+            for f in &l.flows {
+                let labels = [("link", l.name.as_str()), ("from", &f.from), ("to", &f.to)];
+                o.sample(metric, &labels, count(f));
             }
         }
     }
@@ -131,33 +120,26 @@ pub fn render(status: &Value) -> String {
         "counter",
         "Link state transitions: at the host end of a host link; seen in the shared memory (sampled) on a cell<->cell link.",
     );
-    for l in links {
-        let v = l["counters"]["state_changes"]
-            .as_u64()
-            .or_else(|| l["observed"]["state_changes"].as_u64());
-        if let Some(v) = v {
-            o.sample(
-                "ivnet_link_state_changes_total",
-                &[("link", text(&l["name"]))],
-                v,
-            );
+    for l in &status.links {
+        if let Some(v) = l.state_changes() {
+            o.sample("ivnet_link_state_changes_total", &[("link", &l.name)], v);
         }
     }
     let mut last = "";
-    for (metric, key, help, extra) in LINK_COUNTERS {
+    for (metric, count, help, extra) in LINK_COUNTERS {
         if *metric != last {
             o.family(metric, "counter", help);
             last = metric;
         }
-        for l in links {
-            let Some(v) = l["counters"][*key].as_u64() else {
+        for l in &status.links {
+            let Some(c) = &l.counters else {
                 continue;
             };
-            let labels: Vec<(&str, &str)> = [("link", text(&l["name"]))]
+            let labels: Vec<(&str, &str)> = [("link", l.name.as_str())]
                 .into_iter()
                 .chain(extra.iter().copied())
                 .collect();
-            o.sample(metric, &labels, v);
+            o.sample(metric, &labels, count(c));
         }
     }
     o.family(
@@ -165,28 +147,23 @@ pub fn render(status: &Value) -> String {
         "gauge",
         "Whether the link runs (host links: carrier at the host end; cell links: both ends in RUN).",
     );
-    for l in links {
-        o.sample("ivnet_link_up", &[("link", text(&l["name"]))], b(&l["up"]));
+    for l in &status.links {
+        o.sample("ivnet_link_up", &[("link", &l.name)], u64::from(l.up));
     }
     o.family("ivnet_cell_up", "gauge", "Whether the cell's QEMU runs.");
-    for c in cells {
-        o.sample(
-            "ivnet_cell_up",
-            &[("cell", text(&c["name"]))],
-            b(&c["running"]),
-        );
+    for c in &status.cells {
+        o.sample("ivnet_cell_up", &[("cell", &c.name)], u64::from(c.running));
     }
     o.family(
         "ivnet_cell_restarts_total",
         "counter",
         "Times `ivnet up` restarted the cell.",
     );
-    for c in cells {
-        let v = c["restarts"].as_u64().unwrap_or(0);
+    for c in &status.cells {
         o.sample(
             "ivnet_cell_restarts_total",
-            &[("cell", text(&c["name"]))],
-            v,
+            &[("cell", &c.name)],
+            c.restarts,
         );
     }
     o.o
@@ -216,20 +193,10 @@ pub fn respond(mut s: TcpStream, metrics: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn renders_counters_and_states() {
-        let st = json!({
-            "network": "ivbr0",
-            "links": [
-                {"name": "c1-host", "up": true, "counters": {"tx_frames": 5, "rx_frames": 7, "tx_bytes": 500, "rx_bytes": 700, "rx_dropped": 0, "runts_dropped": 1, "ring_full": 2, "doorbells": 9, "state_changes": 3, "protocol_resets": 0},
-                 "flows": [{"from": "host", "to": "c1", "frames": 5, "bytes": 500}, {"from": "c1", "to": "host", "frames": 7, "bytes": 700}]},
-                {"name": "c1-c2", "up": false, "observed": {"state_changes": 4},
-                 "flows": [{"from": "c1", "to": "c2", "frames": 11, "bytes": 1100}, {"from": "c2", "to": "c1", "frames": 0, "bytes": 0}]}
-            ],
-            "cells": [{"name": "c1", "running": true, "restarts": 1}]
-        });
+        let st = crate::status::tests::sample();
         let m = render(&st);
         let has = |line: &str| assert!(m.contains(line), "{line} missing in:\n{m}");
         has(

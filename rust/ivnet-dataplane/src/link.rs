@@ -20,8 +20,9 @@ use log::info;
 
 use crate::client::{Client, ServerEvent};
 
-/// Counters of one link end.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counters of one link end. Their names are the keys of a link's `counters` in `ivnet status
+/// --json` (serialised as they are) and in the host peer's log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Frames sent to the peer.
     pub tx_frames: u64,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ivnet_bench::core_bench::{self as bench, WaitMode};
+use ivnet_control::control::Reply;
 use ivnet_control::{network, size::parse_size};
 use ivnet_dataplane::{bridge, client::Client, link::Link, server, tap::Tap};
 use log::error;
@@ -349,97 +350,6 @@ fn isolate(
     }
 }
 
-fn print_status(v: &serde_json::Value) {
-    println!(
-        "network {} (supervisor pid {}, up {} s), metrics {}",
-        v["network"].as_str().unwrap_or_default(),
-        v["supervisor_pid"],
-        v["uptime_s"],
-        v["metrics"].as_str().unwrap_or_default()
-    );
-    let h = &v["host"];
-    println!(
-        "  host: bridge {} at {} ({}){}, dnsmasq pid {}",
-        h["bridge"].as_str().unwrap_or_default(),
-        h["address"].as_str().unwrap_or_default(),
-        h["subnet"].as_str().unwrap_or_default(),
-        h["address6"]
-            .as_str()
-            .map(|a| format!(" and {a} ({})", h["subnet6"].as_str().unwrap_or_default()))
-            .unwrap_or_default(),
-        h["dnsmasq_pid"]
-    );
-    let iso = &h["isolation"];
-    if iso.is_object() {
-        println!(
-            "  isolation: cgroup v{} {} ({}), {} processes",
-            iso["cgroup_version"],
-            iso["group"].as_str().unwrap_or_default(),
-            iso["settings"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            iso["pids"].as_array().map_or(0, |p| p.len())
-        );
-    }
-    for c in v["cells"].as_array().into_iter().flatten() {
-        println!(
-            "  cell {:<10} {:<8} {:<15}{} pid {} restarts {}",
-            c["name"].as_str().unwrap_or_default(),
-            if c["running"].as_bool() == Some(true) {
-                "running"
-            } else {
-                "DOWN"
-            },
-            c["address"].as_str().unwrap_or("(no lease yet)"),
-            c["address6"]
-                .as_str()
-                .map(|a| format!(" {a:<24}"))
-                .unwrap_or_default(),
-            c["pid"],
-            c["restarts"]
-        );
-    }
-    for l in v["links"].as_array().into_iter().flatten() {
-        let c = &l["counters"];
-        println!(
-            "  link {:<16} {:<14} {}",
-            l["name"].as_str().unwrap_or_default(),
-            l["state"].as_str().unwrap_or_default(),
-            if c.is_object() {
-                format!(
-                    "tx {} frames/{} B, rx {} frames/{} B, ring full {}, drops {}",
-                    c["tx_frames"],
-                    c["tx_bytes"],
-                    c["rx_frames"],
-                    c["rx_bytes"],
-                    c["ring_full"],
-                    c["rx_dropped"]
-                )
-            } else {
-                l["flows"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|f| {
-                        format!(
-                            "{}->{} {} frames/{} B",
-                            f["from"].as_str().unwrap_or_default(),
-                            f["to"].as_str().unwrap_or_default(),
-                            f["frames"],
-                            f["bytes"]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-    }
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -524,11 +434,13 @@ fn main() -> ExitCode {
             metrics,
         } => (|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let v = network::up(&file, &state_root, &metrics, &exe).map_err(|e| e.to_string())?;
-            if let Some(r) = v.get("restarted") {
-                println!("network already up; restarted: {r}");
-            } else {
-                print_status(&v);
+            match network::up(&file, &state_root, &metrics, &exe).map_err(|e| e.to_string())? {
+                Reply::Reconciled { restarted } => {
+                    let r = serde_json::to_string(&restarted).unwrap_or_default();
+                    println!("network already up; restarted: {r}");
+                }
+                Reply::Status(st) => st.print(),
+                other => return Err(format!("unexpected answer from the supervisor: {other:?}")),
             }
             Ok(())
         })(),
@@ -542,12 +454,12 @@ fn main() -> ExitCode {
             state_root,
             json,
         } => network_paths(&state_root, n.as_deref()).and_then(|p| {
-            let v = network::request(&p, "status", std::time::Duration::from_secs(10))
+            let st = network::status(&p, std::time::Duration::from_secs(10))
                 .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                println!("{}", serde_json::to_string_pretty(&st).unwrap());
             } else {
-                print_status(&v);
+                st.print();
             }
             Ok(())
         }),
@@ -556,17 +468,14 @@ fn main() -> ExitCode {
             host,
             state_root,
         } => network_paths(&state_root, None).and_then(|p| {
-            let v = network::request(&p, "status", std::time::Duration::from_secs(10))
+            let st = network::status(&p, std::time::Duration::from_secs(10))
                 .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
             let out = match (list, host) {
-                (_, Some(h)) => v["cells"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["name"] == h.as_str())
-                    .map(network::inventory_host)
-                    .ok_or_else(|| format!("no cell {h:?} in network {}", v["network"]))?,
-                (true, None) => network::inventory_list(&v),
+                (_, Some(h)) => st
+                    .cell(&h)
+                    .map(|c| c.inventory_host())
+                    .ok_or_else(|| format!("no cell {h:?} in network {}", st.network))?,
+                (true, None) => st.inventory_list(),
                 (false, None) => return Err("inventory: give --list or --host NAME".into()),
             };
             println!("{}", serde_json::to_string_pretty(&out).unwrap());
