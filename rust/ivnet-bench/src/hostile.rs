@@ -18,6 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use ivnet_dataplane::bridge::{self, Warnings};
 use ivnet_dataplane::client::drain_eventfd;
+use ivnet_dataplane::device::Space;
 use ivnet_dataplane::link::Link;
 use ivnet_dataplane::tap::Tap;
 
@@ -92,7 +93,7 @@ pub struct Flags<'a> {
 /// as often as the caller likes.
 pub fn run(
     link: &mut Link,
-    tap: &Tap,
+    tap: &mut Tap,
     attack: Attack,
     when: Schedule,
     flags: &Flags<'_>,
@@ -188,7 +189,7 @@ fn completes(a: Attack) -> bool {
 /// every round (at least every 10 ms).
 fn stall(
     link: &mut Link,
-    tap: &Tap,
+    tap: &mut Tap,
     forward: bool,
     complete: bool,
     over: impl Fn() -> bool,
@@ -211,13 +212,12 @@ fn stall(
         }
         drain_eventfd(link.client().vector(VECTOR_DATA).expect("data vector"));
         if complete {
-            bridge::link_to_tap(link, tap, &mut warnings, None);
+            bridge::link_to_tap(link, tap, &mut warnings);
         }
         if !forward {
             // Drain the TAP so that it does not keep poll() awake.
             let mut buf = [0u8; 2048];
-            // SAFETY: `buf` is a writable buffer of its length.
-            while let Ok(Some(n)) = unsafe { tap.read_raw(buf.as_mut_ptr(), buf.len()) } {
+            while let Ok(Some(n)) = Space::local(&mut buf).read_from(tap.as_fd()) {
                 if n == 0 {
                     break;
                 }
@@ -225,7 +225,7 @@ fn stall(
             continue;
         }
         let _ = link.reclaim();
-        let (_, blocked) = bridge::tap_to_link(link, tap, &mut warnings, None);
+        let (_, blocked) = bridge::tap_to_link(link, tap, &mut warnings);
         if blocked {
             // The other end stopped taking frames (it reset the link): wait, do not spin.
             std::thread::sleep(Duration::from_millis(20));
@@ -236,7 +236,7 @@ fn stall(
 
 /// Rings both of the other end's vectors as fast as possible until `over`, and otherwise
 /// behaves: receives, completes, forwards.
-fn flood(link: &mut Link, tap: &Tap, over: impl Fn() -> bool) {
+fn flood(link: &mut Link, tap: &mut Tap, over: impl Fn() -> bool) {
     let mut warnings = Warnings::default();
     let mut n = 0u64;
     while !over() {
@@ -245,9 +245,9 @@ fn flood(link: &mut Link, tap: &Tap, over: impl Fn() -> bool) {
             link.ring(VECTOR_DATA);
         }
         n += 512;
-        bridge::link_to_tap(link, tap, &mut warnings, None);
+        bridge::link_to_tap(link, tap, &mut warnings);
         let _ = link.reclaim();
-        bridge::tap_to_link(link, tap, &mut warnings, None);
+        bridge::tap_to_link(link, tap, &mut warnings);
     }
     info!("doorbell flood: {n} doorbells rung");
 }

@@ -17,9 +17,8 @@ use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::client::drain_eventfd;
+use crate::device::{Device, Frame, Space};
 use crate::link::{millis, Link};
-use crate::pcap::Capture;
-use crate::tap::Tap;
 
 /// Largest frame moved (1500-byte MTU, Ethernet header, one VLAN tag).
 pub const MAX_FRAME: usize = 1518;
@@ -45,19 +44,14 @@ impl Default for Warnings {
 }
 
 /// Runs the bridge until `stop` is set, the server goes away, or an I/O error occurs.
-pub fn run(link: &mut Link, tap: &Tap, stop: &AtomicBool) -> io::Result<()> {
-    run_with(link, tap, stop, |_| {})
+pub fn run<P: Device + AsFd>(link: &mut Link, port: &mut P, stop: &AtomicBool) -> io::Result<()> {
+    run_with(link, port, stop, |_| {})
 }
 
-/// Moves up to [`ROUND`] frames from the link to the TAP. Frames longer than [`MAX_FRAME`],
-/// or that the TAP refuses, are dropped and counted. Each frame delivered is also recorded in
-/// `cap`, if any. Returns whether more are waiting.
-pub fn link_to_tap(
-    link: &mut Link,
-    tap: &Tap,
-    warn_: &mut Warnings,
-    mut cap: Option<&mut Capture>,
-) -> bool {
+/// Moves up to [`ROUND`] frames from the link to `port` (the TAP, or a device wrapping it).
+/// Frames longer than [`MAX_FRAME`], or that the port refuses, are dropped and counted.
+/// Returns whether more are waiting.
+pub fn link_to_tap<P: Device>(link: &mut Link, port: &mut P, warn_: &mut Warnings) -> bool {
     let (mut dropped, mut oversize) = (0u64, 0u64);
     let mut more = false;
     let mut moved = 0;
@@ -72,26 +66,20 @@ pub fn link_to_tap(
                 oversize += 1;
                 if let Some(s) = warn_.rx.check(millis()) {
                     warn!(
-                        "TAP {}: dropping a {}-byte frame from the peer (MTU {MAX_FRAME}){}",
-                        tap.name(),
+                        "{}: dropping a {}-byte frame from the peer (MTU {MAX_FRAME}){}",
+                        port.name(),
                         f.len,
                         suppressed(s)
                     );
                 }
                 return;
             }
-            match r.ptr_range(f.offset, f.len) {
-                Ok(p) => {
-                    // SAFETY: ptr_range checked the frame lies inside the peer's section, which
-                    // stays mapped while the link lives; the kernel copies it out.
-                    let written = unsafe { tap.write_raw(p, f.len) };
-                    if let (Ok(_), Some(c)) = (&written, cap.as_deref_mut()) {
-                        c.record_from(r, f.offset, f.len);
-                    }
-                    if let Err(e) = written {
+            match Frame::in_region(r, f.offset, f.len) {
+                Ok(frame) => {
+                    if let Err(e) = port.send(&frame) {
                         dropped += 1;
                         if let Some(s) = warn_.tap.check(millis()) {
-                            warn!("TAP {} write: {e}{}", tap.name(), suppressed(s));
+                            warn!("{} write: {e}{}", port.name(), suppressed(s));
                         }
                     }
                 }
@@ -114,34 +102,21 @@ pub fn link_to_tap(
     more
 }
 
-/// Moves up to [`ROUND`] frames from the TAP to the link, recording each in `cap`, if any.
-/// Returns `(more, blocked)`: the TAP may have more, the ring is full (wait for a completion
-/// doorbell).
-pub fn tap_to_link(
-    link: &mut Link,
-    tap: &Tap,
-    warn_: &mut Warnings,
-    mut cap: Option<&mut Capture>,
-) -> (bool, bool) {
+/// Moves up to [`ROUND`] frames from `port` to the link, each read straight into a slot of
+/// the ring. Returns `(more, blocked)`: the port may have more, the ring is full (wait for a
+/// completion doorbell).
+pub fn tap_to_link<P: Device>(link: &mut Link, port: &mut P, warn_: &mut Warnings) -> (bool, bool) {
     let mut sent = 0;
     let mut blocked = false;
     let mut more = false;
     while sent < ROUND {
         let r = link.send_with(MAX_FRAME, |region, off| {
-            let p = region.ptr_range(off, MAX_FRAME).ok()?;
-            // SAFETY: reserve() gave a slot of MAX_FRAME bytes at `off`, inside our own
-            // section, which only we write.
-            match unsafe { tap.read_raw(p, MAX_FRAME) } {
-                Ok(Some(n)) if n > 0 => {
-                    if let Some(c) = cap.as_deref_mut() {
-                        c.record_from(region, off, n);
-                    }
-                    Some(n)
-                }
-                Ok(_) => None,
+            let mut space = Space::in_region(region, off, MAX_FRAME).ok()?;
+            match port.receive_into(&mut space) {
+                Ok(n) => n,
                 Err(e) => {
                     if let Some(s) = warn_.tap.check(millis()) {
-                        warn!("TAP {} read: {e}{}", tap.name(), suppressed(s));
+                        warn!("{} read: {e}{}", port.name(), suppressed(s));
                     }
                     None
                 }
@@ -178,13 +153,13 @@ fn suppressed(n: u32) -> String {
 }
 
 /// As [`run`], calling `tick` with the link about every 100 ms (to publish its counters).
-pub fn run_with(
+pub fn run_with<P: Device + AsFd>(
     link: &mut Link,
-    tap: &Tap,
+    port: &mut P,
     stop: &AtomicBool,
     tick: impl FnMut(&Link),
 ) -> io::Result<()> {
-    run_full(link, tap, stop, false, None, tick)
+    run_full(link, port, stop, false, tick)
 }
 
 /// How long the TAP's carrier stays off after the link went down, at least: the kernel
@@ -218,7 +193,7 @@ impl CarrierFollower {
         }
     }
 
-    fn set(&mut self, tap: &Tap, on: bool) {
+    fn set(&mut self, tap: &mut impl Device, on: bool) {
         if let Err(e) = tap.set_carrier(on) {
             warn!("{e}: the TAP's carrier stays as it is whatever the link does");
             self.on = false;
@@ -229,7 +204,7 @@ impl CarrierFollower {
         self.tap = Some(on);
     }
 
-    fn update(&mut self, link: &Link, tap: &Tap) {
+    fn update(&mut self, link: &Link, tap: &mut impl Device) {
         if !self.on {
             return;
         }
@@ -257,14 +232,13 @@ impl CarrierFollower {
 
 /// As [`run_with`]; `follow_carrier`: the TAP's carrier follows the link's (see
 /// [`CarrierFollower`]; for a TAP of its own, not a bridge port, whose neighbours live on the
-/// bridge and whose carrier would take the port down). `capture`: every frame moved, both
-/// ways, is recorded there.
-pub fn run_full(
+/// bridge and whose carrier would take the port down). `port` is the TAP, or a device
+/// wrapping it (a [`Captured`](crate::device::Captured) one records every frame moved).
+pub fn run_full<P: Device + AsFd>(
     link: &mut Link,
-    tap: &Tap,
+    port: &mut P,
     stop: &AtomicBool,
     follow_carrier: bool,
-    mut capture: Option<Capture>,
     mut tick: impl FnMut(&Link),
 ) -> io::Result<()> {
     link.update_state();
@@ -276,13 +250,11 @@ pub fn run_full(
     let mut busy = false;
     let mut carrier = CarrierFollower::new(follow_carrier, link.stats.carrier_ups);
     while !stop.load(Ordering::Relaxed) {
-        carrier.update(link, tap);
+        carrier.update(link, port);
         if last_tick.elapsed().as_millis() >= 100 {
             last_tick = Instant::now();
             tick(link);
-            if let Some(c) = capture.as_mut() {
-                c.flush();
-            }
+            port.flush();
         }
         let running = link.running();
         let (sock_ev, st_ev, data_ev, tap_ev) = {
@@ -298,7 +270,7 @@ pub fn run_full(
                 PollFd::new(c.socket(), PollFlags::POLLIN),
                 PollFd::new(st, PollFlags::POLLIN),
                 PollFd::new(data, PollFlags::POLLIN),
-                PollFd::new(tap.as_fd(), tap_flags),
+                PollFd::new(port.as_fd(), tap_flags),
             ];
             let timeout = if busy {
                 0u16
@@ -333,7 +305,7 @@ pub fn run_full(
             continue;
         }
         // Shared memory -> TAP, one bounded round.
-        let rx_more = link_to_tap(link, tap, &mut warnings, capture.as_mut());
+        let rx_more = link_to_tap(link, port, &mut warnings);
         // TAP -> shared memory, one bounded round.
         let _ = link.reclaim();
         if tx_blocked && link.tx_room(MAX_FRAME) {
@@ -341,7 +313,7 @@ pub fn run_full(
         }
         let mut tx_more = false;
         if !tx_blocked && (tap_ev || data_ev || busy) {
-            let (more, blocked) = tap_to_link(link, tap, &mut warnings, capture.as_mut());
+            let (more, blocked) = tap_to_link(link, port, &mut warnings);
             tx_more = more;
             tx_blocked = blocked;
         }

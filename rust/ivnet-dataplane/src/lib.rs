@@ -21,6 +21,7 @@
 
 pub mod bridge;
 pub mod client;
+pub mod device;
 pub mod link;
 pub mod mapping;
 pub mod observe;

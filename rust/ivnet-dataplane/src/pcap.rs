@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ivnet_core::shm::Region;
+use crate::device::Frame;
 use log::{info, warn};
 
 /// pcap's magic number (microsecond timestamps, written in the host's byte order).
@@ -116,14 +116,14 @@ impl Capture {
         }
     }
 
-    /// Records the frame at `offset..offset + len` of `region` (a copy of what is there now:
-    /// the peer may change it at any time).
-    pub fn record_from(&mut self, region: &Region<'_>, offset: usize, len: usize) {
-        let kept = len.min(SNAPLEN);
+    /// Records `frame` wherever it lies (a copy of what is there now: a frame in shared
+    /// memory may be changed by the peer at any time).
+    pub fn record_frame(&mut self, frame: &Frame<'_>) {
+        let kept = frame.len().min(SNAPLEN);
         self.buf.resize(kept, 0);
         let mut buf = std::mem::take(&mut self.buf);
-        if region.read_bytes(offset, &mut buf).is_ok() {
-            self.write_record(&buf, len);
+        if frame.copy_to(&mut buf) == kept {
+            self.write_record(&buf, frame.len());
         }
         self.buf = buf;
     }

@@ -91,36 +91,6 @@ impl Tap {
                 )
             })
     }
-
-    /// Reads one frame into the `len` bytes at `dst`; `Ok(None)` when none is waiting.
-    ///
-    /// # Safety
-    /// `dst` must be valid for writes of `len` bytes.
-    pub unsafe fn read_raw(&self, dst: *mut u8, len: usize) -> io::Result<Option<usize>> {
-        // SAFETY: the caller guarantees `dst` is writable for `len` bytes.
-        let n = unsafe { libc::read(self.file.as_raw_fd(), dst.cast(), len) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Ok(Some(n as usize))
-    }
-
-    /// Writes one frame from the `len` bytes at `src`.
-    ///
-    /// # Safety
-    /// `src` must be valid for reads of `len` bytes.
-    pub unsafe fn write_raw(&self, src: *const u8, len: usize) -> io::Result<usize> {
-        // SAFETY: the caller guarantees `src` is readable for `len` bytes.
-        let n = unsafe { libc::write(self.file.as_raw_fd(), src.cast(), len) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
 }
 
 impl AsFd for Tap {

@@ -261,3 +261,82 @@ fn a_state_word_that_lies_is_repaired_by_republishing_it() {
     b.republish_state();
     link_up(&mut a, &mut b);
 }
+
+/// A link end is a [`Device`]: frames sent through the trait arrive through it, in place or
+/// copied into a space, and a [`Captured`] link records both ways.
+#[test]
+fn a_link_end_is_a_device_that_composes_with_a_capture() {
+    use ivnet_dataplane::device::{Captured, Device, Frame, Space};
+
+    let s = start("device", 1 << 20);
+    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
+    wait_for("a learns b's vectors", || {
+        a.handle_server_message().unwrap();
+        a.client().peer_ids().contains(&1)
+    });
+    a.set_up(true);
+    b.set_up(true);
+    link_up(&mut a, &mut b);
+
+    let dir = TempDir::new("device-pcap");
+    let path = dir.0.join("a.pcap");
+    let mut a = Captured::new(
+        a,
+        ivnet_dataplane::pcap::Capture::create(&path, 1 << 20).unwrap(),
+    );
+    let frames: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| vec![0x40 + i; 60 + 100 * i as usize])
+        .collect();
+    for f in &frames {
+        assert!(a.send(&Frame::local(f)).unwrap());
+    }
+    a.flush();
+    let reply = vec![0x77u8; 90];
+    assert!(a.inner().running());
+    // b: the first frame in place, the others into a space.
+    let mut got = Vec::new();
+    wait_for("b receives the first frame", || {
+        b.update_state();
+        Device::receive(&mut b, 1, &mut |f| {
+            let mut v = vec![0; f.len()];
+            f.copy_to(&mut v);
+            got.push(v);
+        })
+        .0 == 1
+    });
+    for _ in 1..3 {
+        let mut buf = [0u8; 1518];
+        let mut n = None;
+        wait_for("b receives into a space", || {
+            n = Device::receive_into(&mut b, &mut Space::local(&mut buf)).unwrap();
+            n.is_some()
+        });
+        got.push(buf[..n.unwrap()].to_vec());
+    }
+    assert_eq!(got, frames);
+    // b answers; a takes it into a space of its own.
+    assert!(Device::send(&mut b, &Frame::local(&reply)).unwrap());
+    Device::flush(&mut b);
+    let mut buf = [0u8; 1518];
+    let mut n = None;
+    wait_for("a receives the answer", || {
+        n = a.receive_into(&mut Space::local(&mut buf)).unwrap();
+        n.is_some()
+    });
+    assert_eq!(&buf[..n.unwrap()], &reply[..]);
+    let (_a, capture) = a.into_parts();
+    drop(capture);
+    // The capture: three frames out, one in, as sent.
+    let pcap = std::fs::read(&path).unwrap();
+    let mut at = 24;
+    let mut recorded = Vec::new();
+    while at < pcap.len() {
+        let incl = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        recorded.push(pcap[at + 16..at + 16 + incl].to_vec());
+        at += 16 + incl;
+    }
+    let mut want = frames.clone();
+    want.push(reply);
+    assert_eq!(recorded, want);
+}

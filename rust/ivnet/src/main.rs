@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use ivnet_bench::core_bench::{self as bench, WaitMode};
 use ivnet_control::control::Reply;
 use ivnet_control::{network, size::parse_size};
+use ivnet_dataplane::device::Captured;
 use ivnet_dataplane::{bridge, client::Client, link::Link, server, tap::Tap};
 use log::error;
 
@@ -419,11 +420,19 @@ fn main() -> ExitCode {
             }
             // SAFETY: installs an async-signal-safe handler that only stores to an atomic.
             unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
-            let r = bridge::run_full(&mut link, &tap, &stop, true, capture, |l| {
+            let tick = |l: &Link| {
                 if STATS.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     log::info!("stats: {:?}", l.stats);
                 }
-            });
+            };
+            // The TAP, or the TAP with every frame through it recorded.
+            let r = match capture {
+                None => bridge::run_full(&mut link, &mut { tap }, &stop, true, tick),
+                Some(c) => {
+                    let mut port = Captured::new(tap, c);
+                    bridge::run_full(&mut link, &mut port, &stop, true, tick)
+                }
+            };
             log::info!("stats at exit: {:?}", link.stats);
             r.map_err(|e| e.to_string())
         })(),

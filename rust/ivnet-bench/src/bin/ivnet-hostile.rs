@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             after: secs(cli.after, "after")?,
             duration: secs(cli.duration, "duration")?,
         };
-        let tap = Tap::open(&cli.tap).map_err(|e| e.to_string())?;
+        let mut tap = Tap::open(&cli.tap).map_err(|e| e.to_string())?;
         let client = Client::connect(&cli.socket, 2).map_err(|e| e.to_string())?;
         let mut link = Link::new(client).map_err(|e| e.to_string())?;
         let flags = Flags {
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             end: &END,
             stop: &STOP,
         };
-        hostile::run(&mut link, &tap, cli.attack, when, &flags).map_err(|e| e.to_string())
+        hostile::run(&mut link, &mut tap, cli.attack, when, &flags).map_err(|e| e.to_string())
     })();
     match r {
         Ok(()) => ExitCode::SUCCESS,

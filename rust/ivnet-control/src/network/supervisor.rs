@@ -239,7 +239,7 @@ impl Supervisor {
     }
 
     pub(super) fn start_peer(&self, link: usize, tap_name: &str) -> io::Result<HostPeer> {
-        let tap = Tap::open(tap_name).map_err(|e| err(format!("TAP {tap_name}: {e}")))?;
+        let mut tap = Tap::open(tap_name).map_err(|e| err(format!("TAP {tap_name}: {e}")))?;
         netcfg::set_master(tap_name, &self.topo.host.bridge)?;
         netcfg::set_up(tap_name)?;
         let view = Arc::new(Mutex::new(PeerView::default()));
@@ -260,7 +260,7 @@ impl Supervisor {
                     .and_then(Link::new)
                     .and_then(|mut link| {
                         v.lock().unwrap().connected = true;
-                        let r = bridge::run_with(&mut link, &tap, &stop, |l| {
+                        let r = bridge::run_with(&mut link, &mut tap, &stop, |l| {
                             let mut g = v.lock().unwrap();
                             g.stats = l.stats;
                             g.state = format!("{:?}", l.state());
