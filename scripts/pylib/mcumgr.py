@@ -4,7 +4,7 @@ A small synchronous wrapper around the `smpclient` package (pinned in bench/requ
 which is asyncio-only: every call opens a UDP socket, sends one SMP request, waits for the one
 response and closes the socket (asyncio.run inside, so do not call these from a running event
 loop). The cell side is enabled by the ivnet-cell snippet
-(boards/qemu_cortex_a53_cell.conf).
+(snippets/ivnet-cell/boards/qemu_cortex_a53.conf).
 
     echo(host, text)          os group, echo              -> the echoed text
     stat_list(host)           stat group, list of groups  -> ["group", ...]
@@ -205,8 +205,9 @@ def reset(host: str, port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT)
     """OS group reset: the cell acknowledges, then reboots CONFIG_MCUMGR_GRP_OS_RESET_MS later.
 
     The acknowledgement only means the reset was scheduled: whether the cell really reboots
-    depends on its sys_reboot() (on qemu_cortex_a53 see boards/qemu_cortex_a53_cell.conf). A lost
-    acknowledgement raises McumgrTimeout even if the cell does reset.
+    depends on its sys_reboot() (on qemu_cortex_a53 see
+    snippets/ivnet-cell/boards/qemu_cortex_a53.conf). A lost acknowledgement raises
+    McumgrTimeout even if the cell does reset.
     Raises McumgrTimeout, McumgrErrorResponse or McumgrError.
     """
     _run("reset", host, port, timeout, ResetWrite())
