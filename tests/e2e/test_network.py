@@ -22,6 +22,7 @@ processes as they were. A second test checks that a failure half-way through `up
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,50 @@ def proc_caps(status_path: str) -> dict:
     return out
 
 
+def check_captures(net: ivn.Network, cons: dict, addrs: dict, work: Path) -> None:
+    """`ivnet capture` of a link to the host (every frame) and of the cell<->cell link c2-c3
+    (sampled from its memory) at once, with pings across each meanwhile: tcpdump reads both
+    files back with every echo request and reply."""
+    files = {"c1-host": work / "c1-host.pcap", "c2-c3": work / "c2-c3.pcap"}
+    caps = {}
+    for link, f in files.items():
+        caps[link] = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{net.host.name}", str(h.ivnet_bin()), "capture",
+             "--state-root", str(net.state), "--link", link, "-w", str(f), "--seconds", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = caps[link].stdout.readline()
+        assert line.startswith(f"capturing link {link} into {f}"), (line, caps[link].stderr.read())
+    st = net.status()
+    assert {l["name"]: l.get("capture") for l in st["links"]}["c2-c3"] == str(files["c2-c3"]), st["links"]
+    # Refused: a second capture of the same link, an unknown link (the error lists the links),
+    # a file that exists (never overwritten).
+    for args, why in ((["--link", "c1-host", "-w", str(work / "again.pcap")], "being captured already"),
+                      (["--link", "c9-host", "-w", str(work / "none.pcap")], "its links are c1-host"),
+                      (["--link", "c2-host", "-w", str(files["c1-host"])], "File exists")):
+        r = net.ivnet("capture", "--state-root", str(net.state), *args, check=False)
+        assert r.returncode != 0 and why in r.stderr, (args, r.stdout, r.stderr)
+    assert not (work / "none.pcap").exists() and not (work / "again.pcap").exists()
+    r = net.host.run("ping", "-c", "20", "-i", "0.05", "-W", "2", addrs["c1"], check=False)
+    assert h.ping_summary(r.stdout) == (20, 20), r.stdout
+    for _ in range(3):
+        cell_ping(cons["c2"], "10.78.0.2")
+    for link, p in caps.items():
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, (link, out, err)
+    counts = {}
+    for link, f in files.items():
+        r = subprocess.run(["tcpdump", "-nn", "-r", str(f)], capture_output=True, text=True, check=True)
+        lines = r.stdout.splitlines()
+        a, b = (HOST_ADDR, addrs["c1"]) if link == "c1-host" else ("10.78.0.1", "10.78.0.2")
+        counts[link] = [sum(1 for line in lines if re.search(rf"IP {re.escape(x)} > {re.escape(y)}: ICMP echo {w}", line))
+                        for x, y, w in ((a, b, "request"), (b, a, "reply"))]
+        print(f"capture {link}: {len(lines)} frames, echo request/reply {counts[link]}")
+    # Every frame of the host link; at least every ping of the cell link (c2's shell may ping
+    # again when a reply is slow).
+    assert counts["c1-host"] == [20, 20], counts
+    assert min(counts["c2-c3"]) >= 3, counts
+
+
 def make_net(work: Path) -> ivn.Network:
     return ivn.Network(work / "state", BRIDGE, METRICS, HOST_NS, OUT_NS)
 
@@ -142,6 +187,7 @@ def test_network_of_cells(cell_elf, work):
         if N >= 3:
             cell_ping(cons["c2"], "10.78.0.2")
             cell_ping(cons["c3"], "10.78.0.1")
+            check_captures(net, cons, addrs, work)
 
         # IPv6: every cell has its SLAAC address (status says which) from the host's router
         # advertisements; the same matrix in IPv6, and the cell<->cell link's static pair.

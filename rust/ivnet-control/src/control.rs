@@ -6,6 +6,8 @@
 //! < {"status":{"network":"ivbr0",...}}
 //! > {"request":"reconcile"}
 //! < {"reconciled":{"restarted":["c2"]}}
+//! > {"request":"capture","link":"c2-c3","file":"/tmp/c.pcap","seconds":10,"max_bytes":67108864}
+//! < {"capturing":{"file":"/tmp/c.pcap","sampled":true}}
 //! > {"request":"down"}
 //! < "down"
 //! ```
@@ -14,7 +16,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +27,7 @@ use crate::status::Status;
 pub const MAX_REQUEST: u64 = 4096;
 
 /// What a client asks the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "lowercase")]
 pub enum Request {
     /// The network's [`Status`].
@@ -34,6 +36,55 @@ pub enum Request {
     Reconcile,
     /// Tear the network down and exit.
     Down,
+    /// Record the frames of one link in a new pcap file for a while (`ivnet capture`).
+    Capture(CaptureRequest),
+}
+
+/// What to capture, where, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureRequest {
+    /// The link's name (`c1-host`, `c2-c3`) as `ivnet status` shows it.
+    pub link: String,
+    /// The pcap file to create (absolute; an existing file is never overwritten).
+    pub file: PathBuf,
+    /// How long, in seconds ([`CAPTURE_SECONDS`]).
+    pub seconds: u64,
+    /// At most this many bytes of file ([`CAPTURE_BYTES`]).
+    pub max_bytes: u64,
+}
+
+/// The range of [`CaptureRequest::seconds`].
+pub const CAPTURE_SECONDS: std::ops::RangeInclusive<u64> = 1..=3600;
+/// The range of [`CaptureRequest::max_bytes`].
+pub const CAPTURE_BYTES: std::ops::RangeInclusive<u64> = 4096..=(1 << 32);
+
+impl CaptureRequest {
+    /// Checks what a client asked for (the socket is root's, but its input is still checked).
+    pub fn check(&self) -> Result<(), String> {
+        if !CAPTURE_SECONDS.contains(&self.seconds) {
+            return Err(format!(
+                "capture for {} s: give {} to {} seconds",
+                self.seconds,
+                CAPTURE_SECONDS.start(),
+                CAPTURE_SECONDS.end()
+            ));
+        }
+        if !CAPTURE_BYTES.contains(&self.max_bytes) {
+            return Err(format!(
+                "capture of at most {} bytes: give {} to {} bytes",
+                self.max_bytes,
+                CAPTURE_BYTES.start(),
+                CAPTURE_BYTES.end()
+            ));
+        }
+        if !self.file.is_absolute() {
+            return Err(format!(
+                "capture file {}: the supervisor needs an absolute path",
+                self.file.display()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The supervisor's answer.
@@ -49,6 +100,15 @@ pub enum Reply {
     },
     /// To [`Request::Down`]: the network is down; the supervisor exits.
     Down,
+    /// To [`Request::Capture`]: the capture runs.
+    Capturing {
+        /// The file it writes.
+        file: PathBuf,
+        /// Every frame (a link to the host, whose frames the host peer moves), or what a
+        /// sampling of the link's memory sees (a cell<->cell link; see
+        /// `ivnet_dataplane::observe`).
+        sampled: bool,
+    },
     /// A request it could not read.
     Error {
         /// Why.
@@ -135,6 +195,55 @@ mod tests {
             panic!("{answer}")
         };
         assert_eq!(*st, crate::status::tests::sample());
+    }
+
+    #[test]
+    fn a_capture_request_is_checked_before_anything_is_made() {
+        let ok = CaptureRequest {
+            link: "c2-c3".into(),
+            file: "/tmp/x.pcap".into(),
+            seconds: 10,
+            max_bytes: 64 << 20,
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let wire = serde_json::to_string(&Request::Capture(ok.clone())).unwrap();
+        assert!(
+            wire.starts_with(r#"{"request":"capture","link":"c2-c3""#),
+            "{wire}"
+        );
+        for (bad, why) in [
+            (
+                CaptureRequest {
+                    seconds: 0,
+                    ..ok.clone()
+                },
+                "0 s",
+            ),
+            (
+                CaptureRequest {
+                    seconds: 3601,
+                    ..ok.clone()
+                },
+                "3601 s",
+            ),
+            (
+                CaptureRequest {
+                    max_bytes: 100,
+                    ..ok.clone()
+                },
+                "100 bytes",
+            ),
+            (
+                CaptureRequest {
+                    file: "x.pcap".into(),
+                    ..ok.clone()
+                },
+                "absolute",
+            ),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

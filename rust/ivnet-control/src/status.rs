@@ -9,7 +9,7 @@
 //!
 //! Every field is always present (`null` when unknown) except those a kind of link does not
 //! have, which are left out: `tap` and `counters` (links to the host), `observed` (cell<->cell
-//! links the host reads).
+//! links the host reads), and `capture` while no `ivnet capture` runs on the link.
 
 use std::fmt::Write as _;
 
@@ -211,6 +211,9 @@ pub struct LinkStatus {
     /// What the host reads from a cell<->cell link's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<Observed>,
+    /// The pcap file of the `ivnet capture` that runs on the link, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
 }
 
 impl LinkStatus {
@@ -286,7 +289,12 @@ impl Status {
                     .collect::<Vec<_>>()
                     .join(", "),
             };
-            let _ = writeln!(o, "  link {:<16} {:<14} {detail}", l.name, l.state);
+            let capture = l
+                .capture
+                .as_deref()
+                .map(|f| format!(" (capturing into {f})"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "  link {:<16} {:<14} {detail}{capture}", l.name, l.state);
         }
         o
     }
@@ -374,6 +382,7 @@ pub(crate) mod tests {
             counters: None,
             flows: vec![],
             observed: None,
+            capture: None,
         };
         Status {
             network: "ivbr0".into(),

@@ -1,6 +1,7 @@
 //! Frame devices, in the manner of smoltcp's `phy`: one trait that a link end
 //! ([`Link`](crate::link::Link)) and a TAP ([`Tap`](crate::tap::Tap)) implement, and wrappers
-//! that compose with any of them ([`Captured`]: every frame through it in a pcap file).
+//! that compose with any of them ([`Captured`]: every frame through it in a pcap file;
+//! [`Tee`]: the same, while a capture is attached).
 //!
 //! Frames are not copied to get through the trait. A [`Frame`] is borrowed where it lies: in
 //! the shared memory of a link (where the peer may change it at any time, so it is only ever
@@ -345,6 +346,102 @@ impl<D: Device> Device for Captured<D> {
 }
 
 impl<D: AsFd> AsFd for Captured<D> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+/// Where a [`Tee`] records while a capture is attached: shared between the thread that runs
+/// the device and the one that attaches and detaches captures.
+pub type CaptureSlot = std::sync::Arc<std::sync::Mutex<Option<Capture>>>;
+
+/// A device whose frames, both ways, also go to a capture while one is attached to its
+/// [`CaptureSlot`] (`ivnet capture` on a running network): attach by putting a [`Capture`] in
+/// the slot, detach by taking it out (dropping it closes the file).
+pub struct Tee<D> {
+    inner: D,
+    slot: CaptureSlot,
+}
+
+impl<D> Tee<D> {
+    /// Wraps `inner`; it records whenever `slot` holds a capture.
+    pub fn new(inner: D, slot: CaptureSlot) -> Self {
+        Tee { inner, slot }
+    }
+
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    fn record(slot: &CaptureSlot, f: &Frame<'_>) {
+        if let Ok(mut g) = slot.lock() {
+            if let Some(c) = g.as_mut() {
+                c.record_frame(f);
+            }
+        }
+    }
+}
+
+impl<D: Device> Device for Tee<D> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn receive(&mut self, budget: usize, each: &mut dyn FnMut(&Frame<'_>)) -> (usize, bool) {
+        let slot = &self.slot;
+        self.inner.receive(budget, &mut |f| {
+            Self::record(slot, f);
+            each(f)
+        })
+    }
+
+    fn receive_into(&mut self, space: &mut Space<'_>) -> io::Result<Option<usize>> {
+        let n = self.inner.receive_into(space)?;
+        if let Some(n) = n {
+            Self::record(&self.slot, &space.written(n));
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, frame: &Frame<'_>) -> io::Result<bool> {
+        let sent = self.inner.send(frame)?;
+        if sent {
+            Self::record(&self.slot, frame);
+        }
+        Ok(sent)
+    }
+
+    fn send_with(
+        &mut self,
+        max: usize,
+        fill: &mut dyn FnMut(&mut Space<'_>) -> io::Result<Option<usize>>,
+    ) -> io::Result<Option<usize>> {
+        let slot = &self.slot;
+        self.inner.send_with(max, &mut |space| {
+            let n = fill(space)?;
+            if let Some(n) = n {
+                Self::record(slot, &space.written(n));
+            }
+            Ok(n)
+        })
+    }
+
+    fn set_carrier(&mut self, on: bool) -> io::Result<()> {
+        self.inner.set_carrier(on)
+    }
+
+    fn flush(&mut self) {
+        if let Ok(mut g) = self.slot.lock() {
+            if let Some(c) = g.as_mut() {
+                c.flush();
+            }
+        }
+        self.inner.flush();
+    }
+}
+
+impl<D: AsFd> AsFd for Tee<D> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner.as_fd()
     }

@@ -15,6 +15,7 @@ use ivnet_core::geometry::Geometry;
 use ivnet_core::v1::{self, V1Region};
 use ivnet_core::v2::V2Region;
 
+use crate::device::Frame;
 use crate::mapping::Mapping;
 
 /// What one end sent into the link, as seen from the host.
@@ -62,6 +63,15 @@ impl LinkObserver {
 
     /// Takes one sample: new frames and bytes per slot, state changes.
     pub fn sample(&mut self) {
+        self.sample_with(|_, _| {});
+    }
+
+    /// As [`LinkObserver::sample`], handing each frame published since the last sample to
+    /// `each` with the slot that sent it, in place (see [`Frame`]). A sampled view: a frame
+    /// that was published, consumed and its buffer reused between two samples is seen with
+    /// what its buffer holds now, and a slot that published more than its queue holds between
+    /// two samples has its oldest frames skipped.
+    pub fn sample_with(&mut self, mut each: impl FnMut(usize, &Frame<'_>)) {
         // A v1 region (a power of two with the owner table), or ivshmem 2.0 memory (the state
         // table and two sections: no owners; a restarted end shows as its queue reset).
         let region = self.map.region();
@@ -137,6 +147,12 @@ impl LinkObserver {
                     continue;
                 }
                 d.bytes += u64::from(len);
+                if let Ok(f) = usize::try_from(addr)
+                    .map_err(|_| ())
+                    .and_then(|a| Frame::in_region(&sec, a, len as usize).map_err(|_| ()))
+                {
+                    each(slot, &f);
+                }
                 if self.counts.src_macs[slot].is_none() && len >= 12 {
                     // The Ethernet source address, at 6..12 of the frame (bounds-checked read).
                     let mut mac = [0u8; 6];

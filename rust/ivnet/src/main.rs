@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ivnet_bench::core_bench::{self as bench, WaitMode};
-use ivnet_control::control::Reply;
+use ivnet_control::control::{CaptureRequest, Reply, Request};
 use ivnet_control::{network, size::parse_size};
 use ivnet_dataplane::device::Captured;
 use ivnet_dataplane::{bridge, client::Client, link::Link, server, tap::Tap};
@@ -107,6 +107,27 @@ enum Cmd {
         /// Print JSON (for orchestrators) instead of a summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Record the frames of one link of a running network in a new pcap file (tcpdump,
+    /// tshark, Wireshark) for a while. A link to the host: every frame, both ways. A
+    /// cell<->cell link: what a read-only look at its memory every millisecond sees.
+    Capture {
+        /// The network: its topology file, or its bridge name; the only running one if omitted.
+        network: Option<String>,
+        /// The link, as `ivnet status` names it (`c1-host`, `c2-c3`).
+        #[arg(long)]
+        link: String,
+        /// The pcap file to create (never overwritten).
+        #[arg(long, short = 'w')]
+        write: PathBuf,
+        /// How long, in seconds (1 to 3600).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// At most this much file (the capture stops there; the link goes on).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        max: usize,
+        #[arg(long, default_value = network::STATE_ROOT)]
+        state_root: PathBuf,
     },
     /// Ansible dynamic inventory of a running network's cells (`--list` or `--host NAME`).
     /// The network is $IVNET_NETWORK, or the only running one.
@@ -470,6 +491,60 @@ fn main() -> ExitCode {
             } else {
                 st.print();
             }
+            Ok(())
+        }),
+        Cmd::Capture {
+            network: n,
+            link,
+            write,
+            seconds,
+            max,
+            state_root,
+        } => network_paths(&state_root, n.as_deref()).and_then(|p| {
+            // The supervisor runs elsewhere: it is given an absolute path.
+            let file = if write.is_absolute() {
+                write
+            } else {
+                std::env::current_dir()
+                    .map_err(|e| format!("the current directory: {e}"))?
+                    .join(write)
+            };
+            let req = CaptureRequest {
+                link,
+                file,
+                seconds,
+                max_bytes: max as u64,
+            };
+            req.check()?;
+            let reply = network::request(
+                &p,
+                Request::Capture(req.clone()),
+                std::time::Duration::from_secs(10),
+            )
+            .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
+            let Reply::Capturing { file, sampled } = reply else {
+                return Err(format!("unexpected answer from the supervisor: {reply:?}"));
+            };
+            println!(
+                "capturing link {} into {} for {seconds} s ({})",
+                req.link,
+                file.display(),
+                if sampled {
+                    "sampled from its memory every millisecond"
+                } else {
+                    "every frame"
+                }
+            );
+            // The supervisor closes the file at the end; wait for it, plus a margin.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+            while std::time::Instant::now() < end
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            println!("{}: {size} bytes", file.display());
             Ok(())
         }),
         Cmd::Inventory {

@@ -20,9 +20,10 @@
 //!
 //! The parts: [`paths`] (the state directory), [`record`] (what was created, undoing it,
 //! `down`), [`supervisor`] (start, reconcile, teardown), [`children`] (dnsmasq, the cells'
-//! QEMUs, NAT), [`view`] (the typed [`Status`]), [`serve`] (control socket and metrics), and
-//! [`lifecycle`] (`up`, `supervise`, finding a network).
+//! QEMUs, NAT), [`view`] (the typed [`Status`]), [`serve`] (control socket and metrics),
+//! [`capture`] (`ivnet capture`), and [`lifecycle`] (`up`, `supervise`, finding a network).
 
+mod capture;
 mod children;
 pub mod lifecycle;
 pub mod paths;
@@ -32,6 +33,7 @@ mod supervisor;
 mod view;
 
 pub use crate::status::MCUMGR_PORT;
+use capture::*;
 use children::*;
 pub use lifecycle::*;
 pub use paths::*;
@@ -55,7 +57,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::control::{self, Reply, Request};
+use crate::control::{self, CaptureRequest, Reply, Request};
 use crate::isolation::{Group, CGROUP_ROOT};
 use crate::names::check_ifname;
 use crate::netcfg;
@@ -65,8 +67,10 @@ use crate::topology::{self, Addressing, End, Topology};
 use ivnet_core::mac::Mac;
 use ivnet_dataplane::bridge;
 use ivnet_dataplane::client::Client;
+use ivnet_dataplane::device::{CaptureSlot, Device, Tee};
 use ivnet_dataplane::link::{Link, Stats};
 use ivnet_dataplane::observe::{Counts, LinkObserver};
+use ivnet_dataplane::pcap::Capture;
 use ivnet_dataplane::server::{Ivshmem, Server, ServerConfig};
 use ivnet_dataplane::tap::Tap;
 

@@ -76,6 +76,10 @@ impl Supervisor {
                 let _ = fs::remove_file(self.paths.control());
                 (Reply::Down, true)
             }
+            Ok(Request::Capture(req)) => match self.start_capture(&req) {
+                Ok(r) => (r, false),
+                Err(message) => (Reply::Error { message }, false),
+            },
             Err(e) => (
                 Reply::Error {
                     message: e.to_string(),

@@ -14,6 +14,8 @@ pub(super) struct PeerView {
 
 pub(super) struct HostPeer {
     pub(super) view: Arc<Mutex<PeerView>>,
+    /// Where `ivnet capture` attaches a capture of the link (see [`Tee`]).
+    pub(super) capture: CaptureSlot,
     pub(super) thread: JoinHandle<()>,
 }
 
@@ -45,6 +47,10 @@ pub struct Supervisor {
     /// What the host sees of each cell<->cell link (by link index), sampled every 20 ms.
     pub(super) observed: BTreeMap<usize, Arc<Mutex<Counts>>>,
     pub(super) observer: Option<JoinHandle<()>>,
+    /// A second observer of each cell<->cell link, for `ivnet capture` (one capture at a time).
+    pub(super) capture_observers: BTreeMap<usize, Arc<Mutex<LinkObserver>>>,
+    /// The captures that run.
+    pub(super) captures: Vec<RunningCapture>,
 }
 
 impl Supervisor {
@@ -82,6 +88,8 @@ impl Supervisor {
             started: Instant::now(),
             observed: BTreeMap::new(),
             observer: None,
+            capture_observers: BTreeMap::new(),
+            captures: Vec::new(),
         }
     }
 
@@ -214,6 +222,8 @@ impl Supervisor {
             .map_err(|e| err(format!("link {i}: {e}")))?;
             if host_link_cell(l.ends).is_none() {
                 observers.push((i, server.observer()?));
+                self.capture_observers
+                    .insert(i, Arc::new(Mutex::new(server.observer()?)));
             }
             self.servers.push(server.spawn(self.stop.clone()));
             if let Some(c) = host_link_cell(l.ends) {
@@ -239,17 +249,19 @@ impl Supervisor {
     }
 
     pub(super) fn start_peer(&self, link: usize, tap_name: &str) -> io::Result<HostPeer> {
-        let mut tap = Tap::open(tap_name).map_err(|e| err(format!("TAP {tap_name}: {e}")))?;
+        let tap = Tap::open(tap_name).map_err(|e| err(format!("TAP {tap_name}: {e}")))?;
         netcfg::set_master(tap_name, &self.topo.host.bridge)?;
         netcfg::set_up(tap_name)?;
         let view = Arc::new(Mutex::new(PeerView::default()));
+        let capture = CaptureSlot::default();
         let (v, stop, sock) = (view.clone(), self.stop.clone(), self.paths.link(link));
+        let mut port = Tee::new(tap, capture.clone());
         let name = format!("peer-{tap_name}");
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             // What the peer writes is handled here: with no capabilities (see privs), or not
             // at all.
             if let Err(e) = ivnet_dataplane::privs::drop_all_in_thread() {
-                error!("host peer on {}: {e}: not serving the link", tap.name());
+                error!("host peer on {}: {e}: not serving the link", port.name());
                 return;
             }
             // The peer stays for the network's life: when its link breaks (the server is
@@ -260,7 +272,7 @@ impl Supervisor {
                     .and_then(Link::new)
                     .and_then(|mut link| {
                         v.lock().unwrap().connected = true;
-                        let r = bridge::run_with(&mut link, &mut tap, &stop, |l| {
+                        let r = bridge::run_with(&mut link, &mut port, &stop, |l| {
                             let mut g = v.lock().unwrap();
                             g.stats = l.stats;
                             g.state = format!("{:?}", l.state());
@@ -275,7 +287,7 @@ impl Supervisor {
                     Err(e) if !stop.load(Ordering::Relaxed) => {
                         // Each attempt takes an id of the link's server: back off (1 s,
                         // doubling up to 30 s) while it keeps failing.
-                        warn!("host peer on {}: {e}; retrying in {backoff:?}", tap.name());
+                        warn!("host peer on {}: {e}; retrying in {backoff:?}", port.name());
                         let end = Instant::now() + backoff;
                         while Instant::now() < end && !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(50));
@@ -286,7 +298,11 @@ impl Supervisor {
                 }
             }
         })?;
-        Ok(HostPeer { view, thread })
+        Ok(HostPeer {
+            view,
+            capture,
+            thread,
+        })
     }
 
     /// One thread samples every cell<->cell link's region every 20 ms.
@@ -364,6 +380,7 @@ impl Supervisor {
             kill(&mut d, Duration::from_secs(2));
         }
         self.stop.store(true, Ordering::Relaxed);
+        self.end_captures(true);
         for s in self.servers.drain(..) {
             let _ = s.join();
         }
@@ -386,6 +403,7 @@ impl Supervisor {
     }
 
     pub(super) fn poll(&mut self) {
+        self.end_captures(false);
         for (i, c) in self.cells.iter_mut().enumerate() {
             if let Some(child) = c.child.as_mut() {
                 if let Ok(Some(st)) = child.try_wait() {

@@ -56,7 +56,7 @@ impl Supervisor {
         }
     }
 
-    fn end_name(&self, e: End) -> String {
+    pub(super) fn end_name(&self, e: End) -> String {
         match e {
             End::Host => "host".to_string(),
             End::Cell(i) => self.topo.cells[i].name.clone(),
@@ -127,6 +127,11 @@ impl Supervisor {
             counters: None,
             flows: Vec::new(),
             observed: None,
+            capture: self
+                .captures
+                .iter()
+                .find(|c| c.link == i)
+                .map(|c| c.file.display().to_string()),
         };
         let flow = |from: &str, to: &str, frames, bytes| st::Flow {
             from: from.to_string(),
