@@ -17,7 +17,7 @@
 #                            pin when the repository has it, else its newest commit)
 #      IVNET_MBEDTLS_SRC     mbedtls (optional)          (ref IVNET_MBEDTLS_REF, default as picolibc's;
 #                            Zephyr's HTTP server sample needs it, for websockets)
-#      IVNET_RUST_SRC        zephyr-lang-rust (optional) (ref IVNET_RUST_REF, default dd73abc)
+#      IVNET_RUST_SRC        zephyr-lang-rust (required by the driver) (ref IVNET_RUST_REF, default dd73abc)
 #      IVNET_OPENAMP_SRC     open-amp (optional)         (ref IVNET_OPENAMP_REF, default as picolibc's;
 #                            Zephyr's C eth_ivshmem needs it: snippet ivshmem2-eth)
 #      IVNET_LIBMETAL_SRC    libmetal (optional)         (ref IVNET_LIBMETAL_REF, default as picolibc's;
@@ -235,6 +235,8 @@ local_modules() {
   fi
   if want zephyr-lang-rust IVNET_RUST modules/lang/rust; then
     module zephyr-lang-rust "$IVNET_RUST_SRC" "${IVNET_RUST_REF:-$RUST_PIN}" "$ws/modules/lang/rust" zephyr/module.yml
+  elif [ -z "$add" ]; then
+    log "WARNING: IVNET_RUST_SRC not set: no zephyr-lang-rust, so the ivnet driver will not build (it uses its zephyr crate)"
   fi
 }
 

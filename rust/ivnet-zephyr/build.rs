@@ -3,6 +3,8 @@
 //! Run by cargo from the module's CMake, which passes the build's include directories and
 //! definitions (INCLUDE_DIRS, INCLUDE_DEFINES) and where to put the outputs
 //! (IVNET_WRAPPER_FILE: C wrappers for static inline functions; IVNET_HEADER_FILE: the header).
+//! What zephyr-lang-rust's `zephyr` crate covers (semaphores, sleep, uptime, the critical
+//! section) is not bound here; that crate's own build takes the rest of the environment.
 
 use std::env;
 use std::path::PathBuf;
@@ -99,10 +101,8 @@ fn main() {
             "ivshmem_(get_output_mem_section|get_state|set_state|get_max_peers|get_protocol|enable_interrupts)",
         )
         .allowlist_function("k_poll|k_poll_event_init|k_poll_signal_(init|raise|reset)")
-        .allowlist_function("k_sem_(init|give|take)")
-        .allowlist_function("k_sleep|k_yield|k_uptime_get")
+        .allowlist_function("k_yield")
         .allowlist_function("k_thread_(create|name_set)")
-        .allowlist_function("k_spin_(lock|unlock)")
         .allowlist_function("k_(aligned_alloc|free)")
         .allowlist_function("k_fatal_halt")
         .allowlist_function("sys_rand_get")
@@ -121,8 +121,15 @@ fn main() {
         .write_to_file(out.join("bindings.rs"))
         .expect("writing bindings.rs");
 
+    // From the sources, not `with_crate`: that runs `cargo metadata` here, without the build's
+    // `--config` (zephyr-lang-rust's crate patched in), which would resolve `zephyr` anew and
+    // rewrite Cargo.lock. The entry points are in lib.rs, the handles they take in dev.rs and
+    // net.rs.
+    let src = crate_dir.join("src");
     cbindgen::Builder::new()
-        .with_crate(&crate_dir)
+        .with_src(src.join("lib.rs"))
+        .with_src(src.join("dev.rs"))
+        .with_src(src.join("net.rs"))
         .with_config(cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap())
         .generate()
         .expect("cbindgen failed")

@@ -3,12 +3,12 @@
 //! init (`ivnet_cell_setup`). One image then serves every cell of a topology.
 
 use core::cell::RefCell;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 use critical_section::Mutex;
 use ivnet_core::cell::{self, netmask, CellConfig, Ipv4, MAX_FILE, MAX_IFACES};
 
 use crate::log::{err, inf, wrn};
+use crate::net::{Iface, IfaceCell};
 use crate::sys;
 
 /// QEMU's fw_cfg, MMIO flavour (Arm `virt`): data register at +0, 16-bit big-endian selector
@@ -50,14 +50,25 @@ impl FwCfg {
     }
 
     fn select(&self, key: u16) {
-        // SAFETY: `base` maps the fw_cfg registers; the selector is a 16-bit register at +8.
-        unsafe { core::ptr::write_volatile(self.base.add(8) as *mut u16, key.to_be()) };
+        self.io(Some(key), &mut []);
     }
 
     fn read(&self, out: &mut [u8]) {
-        for b in out.iter_mut() {
-            // SAFETY: byte reads of the data register return the selected item's next byte.
-            *b = unsafe { core::ptr::read_volatile(self.base) };
+        self.io(None, out);
+    }
+
+    /// Selects item `key` (if given), then reads its next `out.len()` bytes.
+    fn io(&self, key: Option<u16>, out: &mut [u8]) {
+        // SAFETY: `base` maps the fw_cfg registers (a page of device memory, never unmapped):
+        // the selector is a 16-bit register at +8, and byte reads of the data register at +0
+        // return the selected item's next byte.
+        unsafe {
+            if let Some(k) = key {
+                core::ptr::write_volatile(self.base.add(8) as *mut u16, k.to_be());
+            }
+            for b in out.iter_mut() {
+                *b = core::ptr::read_volatile(self.base);
+            }
         }
     }
 
@@ -134,37 +145,23 @@ fn read_config(fw: Option<&FwCfg>, buf: &mut [u8]) -> CellConfig {
 }
 
 /// The interfaces of the ivnet devices, by devicetree instance (set by `iface_init`).
-static IFACES: [AtomicPtr<sys::net_if>; MAX_IFACES] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_IFACES];
+static IFACES: [IfaceCell; MAX_IFACES] = [const { IfaceCell::new() }; MAX_IFACES];
 
 /// Records the interface of instance `n`.
-pub fn register_iface(n: usize, iface: *mut sys::net_if) {
+pub fn register_iface(n: usize, iface: Iface) {
     if let Some(slot) = IFACES.get(n) {
-        slot.store(iface, Ordering::Release);
+        slot.set(iface);
     }
-}
-
-fn in_addr(a: [u8; 4]) -> sys::in_addr {
-    let mut r = sys::in_addr::default();
-    r.__bindgen_anon_1.s4_addr = a;
-    r
 }
 
 /// A static IPv6 address, and its prefix as on-link (Zephyr decides on-link by its prefix
 /// list; duplicate address detection runs as for any address).
 #[cfg(ivnet_ipv6)]
-fn setup_ipv6(i: usize, iface: *mut sys::net_if, a: [u8; 16], prefix: u8) {
-    let mut addr = sys::in6_addr::default();
-    addr.__bindgen_anon_1.s6_addr = a;
+fn setup_ipv6(i: usize, iface: Iface, a: [u8; 16], prefix: u8) {
     // The prefix without the address's host bits (parse() keeps `prefix` in 1..=128).
     let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-    let mut net = sys::in6_addr::default();
-    net.__bindgen_anon_1.s6_addr = (u128::from_be_bytes(a) & mask).to_be_bytes();
-    // SAFETY: `iface` is a live interface; the stack copies the address and the prefix.
-    let ok = unsafe {
-        !sys::net_if_ipv6_addr_add(iface, &addr, sys::net_addr_type_NET_ADDR_MANUAL, 0).is_null()
-            && !sys::net_if_ipv6_prefix_add(iface, &net, prefix, u32::MAX).is_null()
-    };
+    let net = (u128::from_be_bytes(a) & mask).to_be_bytes();
+    let ok = iface.add_ipv6(a, net, prefix);
     let a = core::net::Ipv6Addr::from(a);
     if ok {
         inf!("ivnet{}: {}/{}", i, a, prefix);
@@ -174,7 +171,7 @@ fn setup_ipv6(i: usize, iface: *mut sys::net_if, a: [u8; 16], prefix: u8) {
 }
 
 #[cfg(not(ivnet_ipv6))]
-fn setup_ipv6(i: usize, _iface: *mut sys::net_if, _a: [u8; 16], _prefix: u8) {
+fn setup_ipv6(i: usize, _iface: Iface, _a: [u8; 16], _prefix: u8) {
     err!(
         "ivnet{}: IPv6 address asked for, but CONFIG_NET_IPV6 is off",
         i
@@ -188,26 +185,17 @@ pub fn setup() {
         if ifc.ipv4.is_none() && ifc.gw.is_none() && ifc.ipv6.is_none() {
             continue;
         }
-        let iface = IFACES[i].load(Ordering::Acquire);
-        if iface.is_null() {
+        let Some(iface) = IFACES[i].get() else {
             wrn!(
                 "cell config: if{} is configured but this image has no ivnet{}",
                 i,
                 i
             );
             continue;
-        }
+        };
         match ifc.ipv4 {
             Some(Ipv4::Static(a, prefix)) => {
-                let addr = in_addr(a);
-                let mask = in_addr(netmask(prefix));
-                // SAFETY: `iface` is a live interface; the stack copies both addresses.
-                let ok = unsafe {
-                    !sys::net_if_ipv4_addr_add(iface, &addr, sys::net_addr_type_NET_ADDR_MANUAL, 0)
-                        .is_null()
-                        && sys::net_if_ipv4_set_netmask_by_addr(iface, &addr, &mask)
-                };
-                if ok {
+                if iface.add_ipv4(a, netmask(prefix)) {
                     inf!("ivnet{}: {}.{}.{}.{}/{}", i, a[0], a[1], a[2], a[3], prefix);
                 } else {
                     err!(
@@ -225,8 +213,7 @@ pub fn setup() {
                 #[cfg(ivnet_dhcpv4)]
                 {
                     inf!("ivnet{}: DHCPv4", i);
-                    // SAFETY: `iface` is a live interface.
-                    unsafe { sys::net_dhcpv4_start(iface) };
+                    iface.start_dhcpv4();
                 }
                 #[cfg(not(ivnet_dhcpv4))]
                 err!("ivnet{}: DHCP asked for, but CONFIG_NET_DHCPV4 is off", i);
@@ -234,18 +221,15 @@ pub fn setup() {
             None => {}
         }
         if let Some(g) = ifc.gw {
-            // SAFETY: `iface` is a live interface; the stack copies the address.
-            unsafe { sys::net_if_ipv4_set_gw(iface, &in_addr(g)) };
+            iface.set_gw(g);
         }
         if let Some((a, prefix)) = ifc.ipv6 {
             setup_ipv6(i, iface, a, prefix);
         }
     }
     if let Some(d) = cfg.default {
-        let iface = IFACES[d].load(Ordering::Acquire);
-        if !iface.is_null() {
-            // SAFETY: a live interface.
-            unsafe { sys::net_if_set_default(iface) };
+        if let Some(iface) = IFACES[d].get() {
+            iface.set_default();
         }
     }
 }

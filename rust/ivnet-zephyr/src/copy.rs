@@ -65,16 +65,6 @@ unsafe fn copy_bytes_atomic(dst: *mut u8, src: *const u8, n: usize) {
     }
 }
 
-/// Reads the byte at `p` of memory the peer may write (a relaxed atomic load).
-///
-/// # Safety
-/// `p` must be valid for reads of one byte.
-pub unsafe fn load_byte(p: *const u8) -> u8 {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    // SAFETY: per the contract; AtomicU8 has u8's layout and alignment.
-    unsafe { AtomicU8::from_ptr(p as *mut u8) }.load(Ordering::Relaxed)
-}
-
 /// Copies `n` bytes from `src` to `dst` (other architectures: atomic bytes).
 ///
 /// # Safety

@@ -58,8 +58,10 @@ unsafe impl Sync for Published {}
 impl Published {
     /// A zeroed, unregistered group.
     pub fn new() -> Published {
-        // SAFETY: the header and counters are plain C data; all-zero is their initial state.
-        Published(UnsafeCell::new(unsafe { core::mem::zeroed() }))
+        Published(UnsafeCell::new(Group {
+            hdr: sys::stats_hdr::default(),
+            counters: Stats::default(),
+        }))
     }
 
     /// Registers the group of devicetree instance `n` (once, from the driver's init; the

@@ -15,16 +15,24 @@
 )]
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
+use zephyr::time::{Duration, Forever, NoWait, Timeout};
+
 /// A timeout of `ms` milliseconds (K_MSEC), rounded up to whole ticks.
-pub fn msec(ms: u32) -> k_timeout_t {
-    let tps = IVNET_SYS_TICKS_PER_SEC as i64;
-    k_timeout_t {
-        ticks: (ms as i64 * tps + 999) / 1000,
-    }
+pub fn msec(ms: u32) -> Timeout {
+    Duration::millis_at_least(ms.into()).into()
 }
 
 /// K_NO_WAIT.
-pub const NO_WAIT: k_timeout_t = k_timeout_t { ticks: 0 };
+pub fn no_wait() -> Timeout {
+    NoWait.into()
+}
 
 /// K_FOREVER.
-pub const FOREVER: k_timeout_t = k_timeout_t { ticks: -1 };
+pub fn forever() -> Timeout {
+    Forever.into()
+}
+
+/// The timeout for a call through this crate's own bindings.
+pub fn raw(t: Timeout) -> k_timeout_t {
+    k_timeout_t { ticks: t.0.ticks }
+}
