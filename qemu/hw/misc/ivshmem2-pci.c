@@ -1,6 +1,8 @@
 /*
  * ivshmem 2.0 PCI device for QEMU 10.0.x, written for the ivnet project from the
  * ivshmem 2.0 specification (Jailhouse, Documentation/ivshmem-v2-specification.md).
+ * One file of about 600 lines, as QEMU keeps each device (its ivshmem-pci.c is one file too):
+ * it is copied into QEMU's tree by scripts/qemu-build.sh and registered in its meson.build.
  *
  * -chardev socket,path=SOCK,id=ivs -device ivshmem2,chardev=ivs[,msix=off]
  *
