@@ -22,6 +22,7 @@ processes as they were. A second test checks that a failure half-way through `up
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -144,6 +145,22 @@ def check_captures(net: ivn.Network, cons: dict, addrs: dict, work: Path) -> Non
     # again when a reply is slow).
     assert counts["c1-host"] == [20, 20], counts
     assert min(counts["c2-c3"]) >= 3, counts
+    # Ctrl-C ends a capture at once (it asks the supervisor to), with the file complete.
+    f = work / "c3-host.pcap"
+    p = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{net.host.name}", str(h.ivnet_bin()), "capture",
+         "--state-root", str(net.state), "--link", "c3-host", "-w", str(f), "--seconds", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("capturing link c3-host"), p.stderr.read()
+    assert net.host.run("ping", "-c", "3", "-i", "0.2", addrs["c3"], check=False).returncode == 0
+    t = time.time()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    print(f"capture c3-host ended {time.time() - t:.2f} s after SIGINT: {out.strip()}")
+    assert p.returncode == 0 and time.time() - t < 5, (out, err)
+    assert not {l["name"]: l.get("capture") for l in net.status()["links"]}["c3-host"]
+    r = subprocess.run(["tcpdump", "-nn", "-r", str(f)], capture_output=True, text=True, check=True)
+    assert sum(1 for line in r.stdout.splitlines() if "ICMP echo reply" in line) == 3, r.stdout
 
 
 def make_net(work: Path) -> ivn.Network:

@@ -1,5 +1,7 @@
 //! The supervisor's control protocol: one JSON [`Request`] line in, one JSON [`Reply`] line
-//! out, on the UNIX socket `control` of the network's state directory (root's, mode 0700).
+//! out, on the UNIX socket `control.sock` of the network's state directory (root's, in a
+//! directory of mode 0700). A capture request carries its file as a descriptor (SCM_RIGHTS)
+//! with the line: the supervisor never opens a path a client names.
 //!
 //! ```text
 //! > {"request":"status"}
@@ -7,19 +9,25 @@
 //! > {"request":"reconcile"}
 //! < {"reconciled":{"restarted":["c2"]}}
 //! > {"request":"capture","link":"c2-c3","file":"/tmp/c.pcap","seconds":10,"max_bytes":67108864}
+//!   (with the open file attached)
 //! < {"capturing":{"file":"/tmp/c.pcap","sampled":true}}
+//! > {"request":"end-capture","link":"c2-c3"}
+//! < {"capture_ended":{"file":"/tmp/c.pcap"}}
 //! > {"request":"down"}
 //! < "down"
 //! ```
 //!
 //! An orchestrator may speak it directly; `ivnet status --json` prints the [`Status`] inside.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use ivnet_dataplane::proto::{recv_with_fd, send_with_fd};
 
 use crate::status::Status;
 
@@ -28,7 +36,7 @@ pub const MAX_REQUEST: u64 = 4096;
 
 /// What a client asks the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "lowercase")]
+#[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
     /// The network's [`Status`].
     Status,
@@ -36,8 +44,14 @@ pub enum Request {
     Reconcile,
     /// Tear the network down and exit.
     Down,
-    /// Record the frames of one link in a new pcap file for a while (`ivnet capture`).
+    /// Record the frames of one link in a new pcap file for a while (`ivnet capture`); the
+    /// file comes with the request, as a descriptor.
     Capture(CaptureRequest),
+    /// End the capture of a link now.
+    EndCapture {
+        /// The link's name.
+        link: String,
+    },
 }
 
 /// What to capture, where, and for how long.
@@ -45,7 +59,8 @@ pub enum Request {
 pub struct CaptureRequest {
     /// The link's name (`c1-host`, `c2-c3`) as `ivnet status` shows it.
     pub link: String,
-    /// The pcap file to create (absolute; an existing file is never overwritten).
+    /// The pcap file's name (absolute), for the status and the logs: the file itself, new and
+    /// empty, comes with the request as a descriptor, opened by the client.
     pub file: PathBuf,
     /// How long, in seconds ([`CAPTURE_SECONDS`]).
     pub seconds: u64,
@@ -89,7 +104,7 @@ impl CaptureRequest {
 
 /// The supervisor's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Reply {
     /// To [`Request::Status`].
     Status(Box<Status>),
@@ -109,6 +124,11 @@ pub enum Reply {
         /// `ivnet_dataplane::observe`).
         sampled: bool,
     },
+    /// To [`Request::EndCapture`]: the capture ended and its file is complete.
+    CaptureEnded {
+        /// Its file.
+        file: PathBuf,
+    },
     /// A request it could not read.
     Error {
         /// Why.
@@ -116,15 +136,45 @@ pub enum Reply {
     },
 }
 
+impl From<Result<Reply, String>> for Reply {
+    /// A refusal becomes [`Reply::Error`].
+    fn from(r: Result<Reply, String>) -> Reply {
+        r.unwrap_or_else(|message| Reply::Error { message })
+    }
+}
+
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Reads one request from a client (at most [`MAX_REQUEST`] bytes, one line).
-pub fn read_request(s: &UnixStream) -> io::Result<Request> {
-    let mut line = String::new();
-    BufReader::new(s.take(MAX_REQUEST)).read_line(&mut line)?;
-    serde_json::from_str(line.trim()).map_err(|e| bad(format!("bad request {line:?}: {e}")))
+/// How long a client has to send its whole request.
+pub const REQUEST_TIME: Duration = Duration::from_millis(500);
+
+/// Reads one request from a client: one line of at most [`MAX_REQUEST`] bytes within
+/// [`REQUEST_TIME`] in all, and the first descriptor that came with it.
+pub fn read_request(s: &UnixStream) -> io::Result<(Request, Option<OwnedFd>)> {
+    let end = Instant::now() + REQUEST_TIME;
+    let mut buf = vec![0u8; MAX_REQUEST as usize];
+    let (mut got, mut fd) = (0, None);
+    while got < buf.len() && !buf[..got].contains(&b'\n') {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(bad(format!("no whole request within {REQUEST_TIME:?}")));
+        }
+        s.set_read_timeout(Some(left))?;
+        let (n, f) = recv_with_fd(s.as_fd(), &mut buf[got..])?;
+        if fd.is_none() {
+            fd = f;
+        }
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let line = String::from_utf8_lossy(&buf[..got]);
+    let line = line.split('\n').next().unwrap_or_default().trim();
+    let req = serde_json::from_str(line).map_err(|e| bad(format!("bad request {line:?}: {e}")))?;
+    Ok((req, fd))
 }
 
 /// Writes one reply line.
@@ -133,12 +183,19 @@ pub fn write_reply(mut s: &UnixStream, r: &Reply) -> io::Result<()> {
     writeln!(s, "{text}")
 }
 
-/// Sends `req` to the supervisor listening on `socket`; its reply, within `timeout`.
-pub fn call(socket: &Path, req: Request, timeout: Duration) -> io::Result<Reply> {
+/// Sends `req` to the supervisor listening on `socket`, with `fd` attached when given; its
+/// reply, within `timeout`.
+pub fn call_with(
+    socket: &Path,
+    req: Request,
+    fd: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> io::Result<Reply> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(timeout))?;
-    let text = serde_json::to_string(&req).map_err(|e| bad(e.to_string()))?;
-    writeln!(s, "{text}")?;
+    let mut text = serde_json::to_string(&req).map_err(|e| bad(e.to_string()))?;
+    text.push('\n');
+    send_with_fd(s.as_fd(), text.as_bytes(), fd)?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
     let reply: Reply = serde_json::from_str(answer.trim())
@@ -147,6 +204,11 @@ pub fn call(socket: &Path, req: Request, timeout: Duration) -> io::Result<Reply>
         Reply::Error { message } => Err(bad(format!("the supervisor refused: {message}"))),
         r => Ok(r),
     }
+}
+
+/// [`call_with`] without a descriptor.
+pub fn call(socket: &Path, req: Request, timeout: Duration) -> io::Result<Reply> {
+    call_with(socket, req, None, timeout)
 }
 
 /// [`call`] for the status.
@@ -180,8 +242,9 @@ mod tests {
     fn a_round_trip_over_a_socket_pair() {
         let (a, b) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
-            let req = read_request(&b).unwrap();
+            let (req, fd) = read_request(&b).unwrap();
             assert_eq!(req, Request::Status);
+            assert!(fd.is_none());
             let st = crate::status::tests::sample();
             write_reply(&b, &Reply::Status(Box::new(st))).unwrap();
         });
@@ -244,6 +307,52 @@ mod tests {
             let e = bad.check().unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn a_descriptor_rides_with_the_request_line() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let text = serde_json::to_string(&Request::EndCapture {
+            link: "c2-c3".into(),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"request":"end-capture","link":"c2-c3"}"#);
+        send_with_fd(a.as_fd(), format!("{text}\n").as_bytes(), Some(w.as_fd())).unwrap();
+        let (req, fd) = read_request(&b).unwrap();
+        assert_eq!(
+            req,
+            Request::EndCapture {
+                link: "c2-c3".into()
+            }
+        );
+        // The descriptor received is the pipe's write end: what goes in comes out of `r`.
+        nix::unistd::write(fd.unwrap(), b"x").unwrap();
+        let mut got = [0u8; 1];
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut got).unwrap();
+        assert_eq!(&got, b"x");
+    }
+
+    #[test]
+    fn a_client_that_trickles_is_cut_off_in_time() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            for _ in 0..20 {
+                if (&a).write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t0 = Instant::now();
+        assert!(read_request(&b).is_err());
+        assert!(
+            t0.elapsed() < REQUEST_TIME + Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
+        drop(b);
+        t.join().unwrap();
     }
 
     #[test]

@@ -75,14 +75,17 @@ pub fn link_to_tap<P: Device>(link: &mut Link, port: &mut P, warn_: &mut Warning
                 return;
             }
             match Frame::in_region(r, f.offset, f.len) {
-                Ok(frame) => {
-                    if let Err(e) = port.send(&frame) {
+                Ok(frame) => match port.send(&frame) {
+                    Ok(true) => {}
+                    // No room at the port (a TAP always takes a frame or fails): dropped.
+                    Ok(false) => dropped += 1,
+                    Err(e) => {
                         dropped += 1;
                         if let Some(s) = warn_.tap.check(millis()) {
                             warn!("{} write: {e}{}", port.name(), suppressed(s));
                         }
                     }
-                }
+                },
                 Err(e) => {
                     dropped += 1;
                     if let Some(s) = warn_.rx.check(millis()) {

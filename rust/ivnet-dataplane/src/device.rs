@@ -30,6 +30,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ivnet_core::shm::{OutOfBounds, Region};
 
@@ -351,21 +353,57 @@ impl<D: AsFd> AsFd for Captured<D> {
     }
 }
 
-/// Where a [`Tee`] records while a capture is attached: shared between the thread that runs
-/// the device and the one that attaches and detaches captures.
-pub type CaptureSlot = std::sync::Arc<std::sync::Mutex<Option<Capture>>>;
+/// Where a [`Tee`] records while a capture is attached: shared (in an `Arc`) between the
+/// thread that runs the device and the one that attaches and detaches captures. While none is
+/// attached a frame costs one atomic load.
+#[derive(Default)]
+pub struct CaptureSlot {
+    attached: AtomicBool,
+    capture: Mutex<Option<Capture>>,
+}
+
+impl CaptureSlot {
+    /// Attaches `c`: every frame from now on is recorded in it. Gives back the capture that
+    /// was attached before, if any.
+    pub fn attach(&self, c: Capture) -> Option<Capture> {
+        let mut g = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        let old = g.replace(c);
+        self.attached.store(true, Ordering::Release);
+        old
+    }
+
+    /// Detaches the capture (dropping it writes out and closes its file).
+    pub fn detach(&self) -> Option<Capture> {
+        let mut g = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        self.attached.store(false, Ordering::Release);
+        g.take()
+    }
+
+    /// Whether a capture is attached.
+    pub fn attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Capture)) {
+        if self.attached() {
+            let mut g = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = g.as_mut() {
+                f(c);
+            }
+        }
+    }
+}
 
 /// A device whose frames, both ways, also go to a capture while one is attached to its
-/// [`CaptureSlot`] (`ivnet capture` on a running network): attach by putting a [`Capture`] in
-/// the slot, detach by taking it out (dropping it closes the file).
+/// [`CaptureSlot`] (`ivnet capture` on a running network).
 pub struct Tee<D> {
     inner: D,
-    slot: CaptureSlot,
+    slot: Arc<CaptureSlot>,
 }
 
 impl<D> Tee<D> {
     /// Wraps `inner`; it records whenever `slot` holds a capture.
-    pub fn new(inner: D, slot: CaptureSlot) -> Self {
+    pub fn new(inner: D, slot: Arc<CaptureSlot>) -> Self {
         Tee { inner, slot }
     }
 
@@ -375,11 +413,7 @@ impl<D> Tee<D> {
     }
 
     fn record(slot: &CaptureSlot, f: &Frame<'_>) {
-        if let Ok(mut g) = slot.lock() {
-            if let Some(c) = g.as_mut() {
-                c.record_frame(f);
-            }
-        }
+        slot.with(|c| c.record_frame(f));
     }
 }
 
@@ -432,11 +466,7 @@ impl<D: Device> Device for Tee<D> {
     }
 
     fn flush(&mut self) {
-        if let Ok(mut g) = self.slot.lock() {
-            if let Some(c) = g.as_mut() {
-                c.flush();
-            }
-        }
+        self.slot.with(|c| c.flush());
         self.inner.flush();
     }
 }

@@ -39,17 +39,29 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Creates `path` (which must not exist) and writes the pcap file header. At most
-    /// `max_bytes` bytes are ever written to it (at least the header's 24).
+    /// Creates `path` (which must not exist, owner-only) and writes the pcap file header. At
+    /// most `max_bytes` bytes are ever written to it (at least the header's 24).
     pub fn create(path: &Path, max_bytes: u64) -> io::Result<Capture> {
-        let f = OpenOptions::new()
+        let f = Self::create_file(path)?;
+        let c = Self::from_file(f, max_bytes)?;
+        info!("capturing the link's frames into {}", path.display());
+        Ok(c)
+    }
+
+    /// Creates `path` for a capture: new (an existing file is never overwritten) and readable
+    /// by its owner only.
+    pub fn create_file(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("capture file {}: {e}", path.display()))
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("capture file {}: {e}", path.display())))
+    }
+
+    /// A capture into `f`, an empty file open for writing (made by [`Capture::create_file`],
+    /// perhaps by another process that passed it on): writes the pcap file header.
+    pub fn from_file(f: File, max_bytes: u64) -> io::Result<Capture> {
         let mut c = Capture {
             out: BufWriter::new(f),
             left: max_bytes.saturating_sub(FILE_HEADER as u64),
@@ -67,7 +79,6 @@ impl Capture {
         h.extend_from_slice(&LINKTYPE_ETHERNET.to_ne_bytes());
         c.out.write_all(&h)?;
         c.out.flush()?;
-        info!("capturing the link's frames into {}", path.display());
         Ok(c)
     }
 

@@ -45,6 +45,65 @@ pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(i64, Option<OwnedFd>
     Ok(recv_exact(sock, &mut bytes)?.map(|fd| (i64::from_le_bytes(bytes), fd)))
 }
 
+/// Sends all of `bytes` on a stream socket, with `fd` attached to the first part when given
+/// (the UNIX socket protocols of ivnet: ivshmem's, and the supervisor's control socket).
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let raw;
+    let mut cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            raw = [f.as_raw_fd()];
+            &[ControlMessage::ScmRights(&raw)]
+        }
+        None => &[],
+    };
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let iov = [IoSlice::new(&bytes[sent..])];
+        let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed"));
+        }
+        sent += n;
+        cmsgs = &[];
+    }
+    Ok(())
+}
+
+/// One `recvmsg` into `buf`: the bytes received (0 at end of stream) and the first fd that
+/// rode along; any other fds are closed, never leaked.
+pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD). With a smaller
+    // buffer the kernel installs the fds that fit and sets MSG_CTRUNC, and nix's `cmsgs()`
+    // then fails without handing us the ones installed, which would never be closed. We keep
+    // the first fd and close the rest.
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let n = msg.bytes;
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just installed `f` in our table for us; we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    Ok((n, fd))
+}
+
 /// Receives exactly `buf.len()` bytes, keeping the first fd that rides along (any others are
 /// closed). `Ok(None)` at end of stream before the first byte. Both protocols' messages come
 /// through here.
@@ -55,29 +114,9 @@ pub(crate) fn recv_exact(
     let mut got = 0;
     let mut fd = None;
     while got < buf.len() {
-        // Room for as many fds as one message can carry (the kernel's SCM_MAX_FD). With a
-        // smaller buffer the kernel installs the fds that fit and sets MSG_CTRUNC, and nix's
-        // `cmsgs()` then fails without handing us the ones installed, which would never be
-        // closed. We keep the first fd and close the rest.
-        let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-        let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let n = msg.bytes;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for f in fds {
-                    // SAFETY: the kernel just installed `f` in our table for us; we own it.
-                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
-            }
+        let (n, f) = recv_with_fd(sock, &mut buf[got..])?;
+        if fd.is_none() {
+            fd = f;
         }
         if n == 0 {
             if got == 0 {

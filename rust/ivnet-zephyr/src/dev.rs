@@ -169,21 +169,33 @@ impl Ivshmem {
         self.call(Call::Ring(peer, vector));
     }
 
-    /// The shared memory: the flat region (v1, `section` None) or a peer's output section
-    /// (v2); None when the device has none.
-    pub fn region(self, section: Option<u32>) -> Option<Region<'static>> {
+    /// The shared memory of a v1 device (QEMU's ivshmem-doorbell: one flat region, all of it
+    /// ours to write); None when the device has none.
+    pub fn region(self) -> Option<Region<'static>> {
         let mut addr: usize = 0;
-        #[cfg(not(ivshmem_v2))]
-        let _ = section;
         // SAFETY: the device is ready and `addr` a valid out pointer. The device maps the
-        // memory it reports for the life of the system (a v2 peer's section read-only, which
-        // the protocol only reads); only Region accessors touch it.
+        // memory it reports, read-write, for the life of the system; only Region accessors
+        // touch it.
         unsafe {
-            let size = match section {
-                #[cfg(ivshmem_v2)]
-                Some(peer) => sys::ivshmem_get_output_mem_section(self.0, peer, &mut addr),
-                _ => sys::ivshmem_get_mem(self.0, &mut addr),
-            };
+            let size = sys::ivshmem_get_mem(self.0, &mut addr);
+            (size != 0 && addr != 0).then(|| Region::new(addr as *mut u8, size))
+        }
+    }
+
+    /// The output section of peer `peer` of a v2 device; None when the device has none.
+    ///
+    /// # Safety
+    /// Only our own output section is writable: the device maps every other peer's
+    /// read-only, so nothing may write through the Region of another peer's section (a write
+    /// would fault).
+    #[cfg(ivshmem_v2)]
+    pub unsafe fn output_section(self, peer: u32) -> Option<Region<'static>> {
+        let mut addr: usize = 0;
+        // SAFETY: the device is ready and `addr` a valid out pointer. The device maps the
+        // section for the life of the system (readable; writable if it is ours: the caller's
+        // side of the contract); only Region accessors touch it.
+        unsafe {
+            let size = sys::ivshmem_get_output_mem_section(self.0, peer, &mut addr);
             (size != 0 && addr != 0).then(|| Region::new(addr as *mut u8, size))
         }
     }

@@ -321,7 +321,7 @@ fn attach(cfg: &sys::ivnet_config, ivshmem: Ivshmem) -> Result<Attached, c_int> 
     if ivshmem.max_peers() != 0 {
         return attach_v2(cfg, ivshmem, id, vectors);
     }
-    let Some(region) = ivshmem.region(None) else {
+    let Some(region) = ivshmem.region() else {
         err!("ivnet{}: ivshmem has no shared memory", cfg.instance);
         return Err(-(sys::ENODEV as c_int));
     };
@@ -375,8 +375,11 @@ fn attach_v2(
         );
         return Err(-(sys::ENOTSUP as c_int));
     }
-    let section = |peer: u32| dev.region(Some(peer));
-    match (section(id), section(1 - id)) {
+    // SAFETY: the peer's section (read-only) goes to the queues as the one they receive
+    // from, which they only read (ivnet-core writes descriptors, rings and frames only into
+    // its own, transmitting section: the used rings are swapped); ours is writable.
+    let sections = unsafe { (dev.output_section(id), dev.output_section(1 - id)) };
+    match sections {
         (Some(own), Some(peer)) => {
             let data_vector = if vectors >= 2 {
                 VECTOR_DATA

@@ -71,8 +71,9 @@ pub fn leak<T>(v: T) -> Option<&'static mut T> {
 pub struct KObj<T>(UnsafeCell<T>);
 
 // SAFETY: see the type: every access goes through a kernel call made for concurrent use, and a
-// KObj is only handed out as an initialised `&'static`.
-unsafe impl<T> Sync for KObj<T> {}
+// KObj is only handed out as an initialised `&'static`. Only for the kernel objects this
+// module wraps.
+unsafe impl Sync for KObj<sys::k_poll_signal> {}
 
 /// A poll signal (the doorbell ISR raises it, the link thread waits on it).
 pub type PollSignal = KObj<sys::k_poll_signal>;

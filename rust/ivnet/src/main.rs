@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ivnet_bench::core_bench as bench;
-use ivnet_control::control::{CaptureRequest, Reply, Request};
+use std::os::fd::AsFd;
+
+use ivnet_control::control::{self, CaptureRequest, Reply, Request};
 use ivnet_control::network;
 use ivnet_dataplane::device::Captured;
+use ivnet_dataplane::pcap::Capture;
 use ivnet_dataplane::{bridge, client::Client, link::Link, server, tap::Tap};
 use log::error;
 
@@ -189,6 +192,101 @@ fn isolate(
     }
 }
 
+/// `ivnet capture`: creates the file (new, owner-only, as whoever runs this), hands it to the
+/// supervisor with the request, waits for the capture to end (or ends it on SIGINT/SIGTERM),
+/// and says how big the file is. The file is removed again when the supervisor refuses.
+fn capture(
+    p: &network::Paths,
+    link: String,
+    write: std::path::PathBuf,
+    seconds: u64,
+    max_bytes: u64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    // The supervisor names it in its status and logs: an absolute path.
+    let file = if write.is_absolute() {
+        write
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("the current directory: {e}"))?
+            .join(write)
+    };
+    let req = CaptureRequest {
+        link,
+        file,
+        seconds,
+        max_bytes,
+    };
+    req.check()?;
+    let f = Capture::create_file(&req.file).map_err(|e| e.to_string())?;
+    let reply = control::call_with(
+        &p.control(),
+        Request::Capture(req.clone()),
+        Some(f.as_fd()),
+        Duration::from_secs(10),
+    );
+    drop(f);
+    let sampled = match reply {
+        Ok(Reply::Capturing { sampled, .. }) => sampled,
+        other => {
+            // Nothing was written: the file is ours, new and empty.
+            let _ = std::fs::remove_file(&req.file);
+            return Err(match other {
+                Err(e) => format!("network at {}: {e}", p.dir.display()),
+                Ok(r) => format!("unexpected answer from the supervisor: {r:?}"),
+            });
+        }
+    };
+    println!(
+        "capturing link {} into {} for {seconds} s ({})",
+        req.link,
+        req.file.display(),
+        if sampled {
+            "sampled from its memory every millisecond"
+        } else {
+            "every frame"
+        }
+    );
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if stop.load(Ordering::Relaxed) {
+        let r = network::request(
+            p,
+            Request::EndCapture {
+                link: req.link.clone(),
+            },
+            Duration::from_secs(10),
+        );
+        if let Err(e) = r {
+            error!("ending the capture: {e}");
+        }
+    }
+    // The file is complete once the status no longer shows the capture.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = network::status(p, Duration::from_secs(5))
+            .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
+        let running = st
+            .links
+            .iter()
+            .any(|l| l.name == req.link && l.capture.is_some());
+        if !running {
+            break;
+        }
+        if Instant::now() > give_up {
+            return Err(format!("the capture of link {} did not end", req.link));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let size = std::fs::metadata(&req.file).map(|m| m.len()).unwrap_or(0);
+    println!("{}: {size} bytes", req.file.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -201,6 +299,7 @@ fn main() -> ExitCode {
             | Cmd::Supervise { .. }
             | Cmd::BenchCore { .. }
             | Cmd::Isolate { .. }
+            | Cmd::Capture { .. }
     );
     let stop = if long_running {
         stop_flag()
@@ -317,53 +416,8 @@ fn main() -> ExitCode {
             seconds,
             max,
             state_root,
-        } => network_paths(&state_root, n.as_deref()).and_then(|p| {
-            // The supervisor runs elsewhere: it is given an absolute path.
-            let file = if write.is_absolute() {
-                write
-            } else {
-                std::env::current_dir()
-                    .map_err(|e| format!("the current directory: {e}"))?
-                    .join(write)
-            };
-            let req = CaptureRequest {
-                link,
-                file,
-                seconds,
-                max_bytes: max as u64,
-            };
-            req.check()?;
-            let reply = network::request(
-                &p,
-                Request::Capture(req.clone()),
-                std::time::Duration::from_secs(10),
-            )
-            .map_err(|e| format!("network at {}: {e}", p.dir.display()))?;
-            let Reply::Capturing { file, sampled } = reply else {
-                return Err(format!("unexpected answer from the supervisor: {reply:?}"));
-            };
-            println!(
-                "capturing link {} into {} for {seconds} s ({})",
-                req.link,
-                file.display(),
-                if sampled {
-                    "sampled from its memory every millisecond"
-                } else {
-                    "every frame"
-                }
-            );
-            // The supervisor closes the file at the end; wait for it, plus a margin.
-            let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-            while std::time::Instant::now() < end
-                && !stop.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            println!("{}: {size} bytes", file.display());
-            Ok(())
-        }),
+        } => network_paths(&state_root, n.as_deref())
+            .and_then(|p| capture(&p, link, write, seconds, max as u64, &stop)),
         Cmd::Inventory {
             list,
             host,

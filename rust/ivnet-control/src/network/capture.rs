@@ -7,6 +7,10 @@
 //! records the frames each end published since the last look (see
 //! [`LinkObserver::sample_with`](ivnet_dataplane::observe::LinkObserver::sample_with) for what
 //! a sampled view can miss).
+//!
+//! The file is the client's: `ivnet capture` creates it (new, owner-only, as whoever runs it)
+//! and sends it with the request as a descriptor. The supervisor only checks that it is an
+//! empty regular file open for writing, and never opens a path.
 
 use super::*;
 
@@ -26,14 +30,37 @@ pub(super) struct RunningCapture {
 
 enum How {
     /// Attached to the host peer's port.
-    Peer(CaptureSlot),
-    /// A sampling thread, which ends by itself at `until` (or when the network stops).
-    Sampler(JoinHandle<()>),
+    Peer(Arc<CaptureSlot>),
+    /// A sampling thread, which ends by itself at `until`, when `stop` is set, or when the
+    /// network stops.
+    Sampler(JoinHandle<()>, Arc<AtomicBool>),
+}
+
+/// The capture file a client sent: an empty regular file open for writing.
+fn capture_file(fd: Option<OwnedFd>, max_bytes: u64) -> Result<Capture, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fd =
+        fd.ok_or("a capture request carries its file as a descriptor (use `ivnet capture`)")?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| format!("capture file: {e}"))?;
+    let mode = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode);
+    if !mode.contains(nix::sys::stat::SFlag::S_IFREG) || st.st_size != 0 {
+        return Err("the capture file must be a new, empty regular file".into());
+    }
+    let fl = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| format!("capture file: {e}"))?;
+    let acc = OFlag::from_bits_truncate(fl) & OFlag::O_ACCMODE;
+    if acc != OFlag::O_WRONLY && acc != OFlag::O_RDWR {
+        return Err("the capture file is not open for writing".into());
+    }
+    Capture::from_file(fs::File::from(fd), max_bytes).map_err(|e| format!("capture file: {e}"))
 }
 
 impl Supervisor {
     /// Starts the capture `req` asks for.
-    pub(super) fn start_capture(&mut self, req: &CaptureRequest) -> Result<Reply, String> {
+    pub(super) fn start_capture(
+        &mut self,
+        req: &CaptureRequest,
+        fd: Option<OwnedFd>,
+    ) -> Result<Reply, String> {
         req.check()?;
         let i = (0..self.topo.links.len())
             .find(|&i| self.link_name(i) == req.link)
@@ -53,12 +80,9 @@ impl Supervisor {
         }
         let until = Instant::now() + Duration::from_secs(req.seconds);
         let sampled = !self.peers.contains_key(&i);
+        let capture = capture_file(fd, req.max_bytes)?;
         let how = if let Some(p) = self.peers.get(&i) {
-            let capture = Capture::create(&req.file, req.max_bytes)
-                .map_err(|e| format!("{}: {e}", req.file.display()))?;
-            *p.capture
-                .lock()
-                .map_err(|_| "the host peer's capture slot is poisoned")? = Some(capture);
+            p.capture.attach(capture);
             How::Peer(p.capture.clone())
         } else {
             let obs = self
@@ -66,9 +90,9 @@ impl Supervisor {
                 .get(&i)
                 .ok_or_else(|| format!("link {} has no memory the host can read", req.link))?
                 .clone();
-            let mut capture = Capture::create(&req.file, req.max_bytes)
-                .map_err(|e| format!("{}: {e}", req.file.display()))?;
-            let stop = self.stop.clone();
+            let mut capture = capture;
+            let (stop, end) = (self.stop.clone(), Arc::new(AtomicBool::new(false)));
+            let end2 = end.clone();
             let t = std::thread::Builder::new()
                 .name("capture".into())
                 .spawn(move || {
@@ -82,13 +106,16 @@ impl Supervisor {
                     };
                     // From now on: what was published before is not this capture's.
                     o.sample();
-                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    while Instant::now() < until
+                        && !stop.load(Ordering::Relaxed)
+                        && !end2.load(Ordering::Relaxed)
+                    {
                         std::thread::sleep(SAMPLE_EVERY);
                         o.sample_with(|_, f| capture.record_frame(f));
                     }
                 })
                 .map_err(|e| format!("capture thread: {e}"))?;
-            How::Sampler(t)
+            How::Sampler(t, end)
         };
         info!(
             "capturing link {} into {} for {} s",
@@ -114,20 +141,39 @@ impl Supervisor {
         let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.captures)
             .into_iter()
             .partition(|c| {
-                all || now >= c.until || matches!(&c.how, How::Sampler(t) if t.is_finished())
+                all || now >= c.until || matches!(&c.how, How::Sampler(t, _) if t.is_finished())
             });
         self.captures = running;
         for c in done {
-            match c.how {
-                // Dropping the capture writes out and closes the file.
-                How::Peer(slot) => drop(slot.lock().map(|mut g| g.take())),
-                // It ends by itself at `until`, or at once when the network stops.
-                How::Sampler(t) => {
-                    let _ = t.join();
-                }
-            }
-            info!("capture into {} ended", c.file.display());
+            Self::end(c);
         }
+    }
+
+    /// Ends the capture of link `name` now (`ivnet capture` interrupted).
+    pub(super) fn end_capture(&mut self, name: &str) -> Result<Reply, String> {
+        let at = self
+            .captures
+            .iter()
+            .position(|c| self.link_name(c.link) == name)
+            .ok_or_else(|| format!("no capture of link {name:?} runs"))?;
+        let c = self.captures.remove(at);
+        let file = c.file.clone();
+        Self::end(c);
+        Ok(Reply::CaptureEnded { file })
+    }
+
+    /// Ends one capture; its file is complete when this returns.
+    fn end(c: RunningCapture) {
+        match c.how {
+            // Dropping the capture writes out and closes the file.
+            How::Peer(slot) => drop(slot.detach()),
+            // It ends by itself at `until`, at once when told to or when the network stops.
+            How::Sampler(t, end) => {
+                end.store(true, Ordering::Relaxed);
+                let _ = t.join();
+            }
+        }
+        info!("capture into {} ended", c.file.display());
     }
 
     /// The name of link `i` as the status shows it (`c1-host`).

@@ -10,7 +10,8 @@
 //!    enslaved to the bridge;
 //! 3. starts dnsmasq for DHCP on the bridge;
 //! 4. boots each cell in QEMU with its configuration (MACs, addresses) passed by fw_cfg;
-//! 5. answers `status`, `reconcile` and `down` on a UNIX socket, and serves Prometheus
+//! 5. answers `status`, `reconcile`, `down`, `capture` and `end-capture` on a UNIX socket
+//!    ([`crate::control`]), and serves Prometheus
 //!    metrics over HTTP.
 //!
 //! Every step that changes the machine is recorded (in memory and in `state.json`) so that a
@@ -45,6 +46,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

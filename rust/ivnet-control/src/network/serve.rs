@@ -58,28 +58,26 @@ impl Supervisor {
     }
 
     /// One control request; true when it asked to go down. The socket is root's (the state
-    /// directory is 0700); a client that sends nothing is dropped after 500 ms.
+    /// directory is 0700); a client that does not send its request within
+    /// [`control::REQUEST_TIME`] is dropped.
     pub(super) fn handle_control(&mut self, s: UnixStream) -> bool {
         let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let (reply, down) = match control::read_request(&s) {
-            Ok(Request::Status) => (Reply::Status(Box::new(self.status())), false),
-            Ok(Request::Reconcile) => (
+            Ok((Request::Status, _)) => (Reply::Status(Box::new(self.status())), false),
+            Ok((Request::Reconcile, _)) => (
                 Reply::Reconciled {
                     restarted: self.reconcile(),
                 },
                 false,
             ),
-            Ok(Request::Down) => {
+            Ok((Request::Down, _)) => {
                 info!("down requested");
                 self.teardown();
                 let _ = fs::remove_file(self.paths.control());
                 (Reply::Down, true)
             }
-            Ok(Request::Capture(req)) => match self.start_capture(&req) {
-                Ok(r) => (r, false),
-                Err(message) => (Reply::Error { message }, false),
-            },
+            Ok((Request::Capture(req), fd)) => (self.start_capture(&req, fd).into(), false),
+            Ok((Request::EndCapture { link }, _)) => (self.end_capture(&link).into(), false),
             Err(e) => (
                 Reply::Error {
                     message: e.to_string(),

@@ -15,7 +15,7 @@ pub(super) struct PeerView {
 pub(super) struct HostPeer {
     pub(super) view: Arc<Mutex<PeerView>>,
     /// Where `ivnet capture` attaches a capture of the link (see [`Tee`]).
-    pub(super) capture: CaptureSlot,
+    pub(super) capture: Arc<CaptureSlot>,
     pub(super) thread: JoinHandle<()>,
 }
 
@@ -253,7 +253,7 @@ impl Supervisor {
         netcfg::set_master(tap_name, &self.topo.host.bridge)?;
         netcfg::set_up(tap_name)?;
         let view = Arc::new(Mutex::new(PeerView::default()));
-        let capture = CaptureSlot::default();
+        let capture = Arc::new(CaptureSlot::default());
         let (v, stop, sock) = (view.clone(), self.stop.clone(), self.paths.link(link));
         let mut port = Tee::new(tap, capture.clone());
         let name = format!("peer-{tap_name}");
