@@ -42,8 +42,9 @@ fn capture_file(fd: Option<OwnedFd>, max_bytes: u64) -> Result<Capture, String> 
     let fd =
         fd.ok_or("a capture request carries its file as a descriptor (use `ivnet capture`)")?;
     let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| format!("capture file: {e}"))?;
-    let mode = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode);
-    if !mode.contains(nix::sys::stat::SFlag::S_IFREG) || st.st_size != 0 {
+    use nix::sys::stat::SFlag;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFREG || st.st_size != 0 {
         return Err("the capture file must be a new, empty regular file".into());
     }
     let fl = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| format!("capture file: {e}"))?;
@@ -180,5 +181,51 @@ impl Supervisor {
     pub(super) fn link_name(&self, i: usize) -> String {
         let e = self.topo.links[i].ends.map(|e| self.end_name(e));
         format!("{}-{}", e[0], e[1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn tmp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ivnet-capture-{}-{name}", std::process::id()));
+        let _ = fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn only_a_new_empty_regular_file_open_for_writing_is_taken() {
+        let ok = tmp("ok.pcap");
+        let f = Capture::create_file(&ok).unwrap();
+        assert!(capture_file(Some(f.into()), 1 << 20).is_ok());
+        assert_eq!(fs::metadata(&ok).unwrap().len(), 24, "the pcap header");
+
+        let full = tmp("full.pcap");
+        let mut f = Capture::create_file(&full).unwrap();
+        f.write_all(b"not empty").unwrap();
+        assert!(capture_file(Some(f.into()), 1 << 20)
+            .unwrap_err()
+            .contains("empty regular"));
+        let ro = fs::File::open(&ok).unwrap();
+        // Not empty either, but open read-only: refused before anything is written.
+        assert!(capture_file(Some(ro.into()), 1 << 20).is_err());
+        let empty_ro = tmp("ro.pcap");
+        drop(Capture::create_file(&empty_ro).unwrap());
+        let ro = fs::File::open(&empty_ro).unwrap();
+        assert!(capture_file(Some(ro.into()), 1 << 20)
+            .unwrap_err()
+            .contains("not open for writing"));
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(capture_file(Some(a.into()), 1 << 20)
+            .unwrap_err()
+            .contains("regular"));
+        assert!(capture_file(None, 1 << 20)
+            .unwrap_err()
+            .contains("descriptor"));
+        for p in [ok, full, empty_ro] {
+            fs::remove_file(p).unwrap();
+        }
     }
 }
