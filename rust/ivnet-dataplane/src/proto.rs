@@ -19,8 +19,12 @@ pub const PROTOCOL_VERSION: i64 = 0;
 
 /// Sends one message, with `fd` attached when given.
 pub fn send_msg(sock: BorrowedFd<'_>, value: i64, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let bytes = value.to_le_bytes();
-    let iov = [IoSlice::new(&bytes)];
+    send_whole(sock, &value.to_le_bytes(), fd)
+}
+
+/// One `sendmsg` of `bytes`, with `fd` attached when given: how many bytes went.
+fn send_once(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
+    let iov = [IoSlice::new(bytes)];
     let raw;
     let cmsgs: &[ControlMessage] = match fd {
         Some(f) => {
@@ -29,8 +33,19 @@ pub fn send_msg(sock: BorrowedFd<'_>, value: i64, fd: Option<BorrowedFd<'_>>) ->
         }
         None => &[],
     };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
-    if n != 8 {
+    Ok(sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?)
+}
+
+/// One ivshmem message in one `sendmsg`: a short send is an error (the peer reads messages
+/// whole).
+fn send_whole(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    if send_once(sock, bytes, fd)? != bytes.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
             "short ivshmem message",
@@ -46,29 +61,19 @@ pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(i64, Option<OwnedFd>
 }
 
 /// Sends all of `bytes` on a stream socket, with `fd` attached to the first part when given
-/// (the UNIX socket protocols of ivnet: ivshmem's, and the supervisor's control socket).
+/// (the supervisor's control socket).
 pub fn send_with_fd(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
-    fd: Option<BorrowedFd<'_>>,
+    mut fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
-    let raw;
-    let mut cmsgs: &[ControlMessage] = match fd {
-        Some(f) => {
-            raw = [f.as_raw_fd()];
-            &[ControlMessage::ScmRights(&raw)]
-        }
-        None => &[],
-    };
     let mut sent = 0;
     while sent < bytes.len() {
-        let iov = [IoSlice::new(&bytes[sent..])];
-        let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+        let n = send_once(sock, &bytes[sent..], fd.take())?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed"));
         }
         sent += n;
-        cmsgs = &[];
     }
     Ok(())
 }
@@ -251,24 +256,7 @@ pub mod v2 {
 
     /// Sends one message, with `fd` attached when given.
     pub fn send(sock: BorrowedFd<'_>, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let bytes = msg.encode();
-        let iov = [IoSlice::new(&bytes)];
-        let raw;
-        let cmsgs: &[ControlMessage] = match fd {
-            Some(f) => {
-                raw = [f.as_raw_fd()];
-                &[ControlMessage::ScmRights(&raw)]
-            }
-            None => &[],
-        };
-        let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
-        if n != bytes.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short ivshmem message",
-            ));
-        }
-        Ok(())
+        send_whole(sock, &msg.encode(), fd)
     }
 
     /// Receives the rest of a message whose first 8 bytes (`head`, with `fd` if one came

@@ -12,7 +12,7 @@ use ivnet_dataplane::link::Link;
 use ivnet_dataplane::server::{Ivshmem, Server, ServerConfig, ServerError};
 
 mod common;
-use common::{exchange_frames, link_up, start, wait_for, TempDir};
+use common::{exchange_frames, link_up, running_pair, start, wait_for, TempDir};
 
 #[test]
 fn setup_messages_follow_qemus_protocol() {
@@ -95,9 +95,7 @@ fn departure_zeroes_the_slot_and_rings_the_survivor() {
 #[test]
 fn two_links_exchange_frames_both_ways() {
     let s = start("frames", 1 << 20);
-    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    link_up(&mut a, &mut b);
+    let (mut a, mut b) = running_pair(&s);
     let frame = |i: u32| -> Vec<u8> {
         let len = 60 + (i as usize * 37) % 1454;
         (0..len).map(|k| (i as usize + k) as u8).collect()
@@ -231,15 +229,7 @@ fn a_state_word_that_lies_is_repaired_by_republishing_it() {
     use ivnet_core::v1::V1Region;
 
     let s = start("republish", 1 << 20);
-    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    wait_for("a learns b's vectors", || {
-        a.handle_server_message().unwrap();
-        a.client().peer_ids().contains(&1)
-    });
-    a.set_up(true);
-    b.set_up(true);
-    link_up(&mut a, &mut b);
+    let (mut a, mut b) = running_pair(&s);
 
     // b resets after an error (its word: RESET) but a write behind its back says RUN again
     // before a looked.
@@ -269,15 +259,7 @@ fn a_link_end_is_a_device_that_composes_with_a_capture() {
     use ivnet_dataplane::device::{Captured, Device, Frame, Space};
 
     let s = start("device", 1 << 20);
-    let mut a = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    let mut b = Link::new(Client::connect(&s.path, 2).unwrap()).unwrap();
-    wait_for("a learns b's vectors", || {
-        a.handle_server_message().unwrap();
-        a.client().peer_ids().contains(&1)
-    });
-    a.set_up(true);
-    b.set_up(true);
-    link_up(&mut a, &mut b);
+    let (a, mut b) = running_pair(&s);
 
     let dir = TempDir::new("device-pcap");
     let path = dir.0.join("a.pcap");

@@ -176,12 +176,6 @@ impl Supervisor {
         }
         info!("capture into {} ended", c.file.display());
     }
-
-    /// The name of link `i` as the status shows it (`c1-host`).
-    pub(super) fn link_name(&self, i: usize) -> String {
-        let e = self.topo.links[i].ends.map(|e| self.end_name(e));
-        format!("{}-{}", e[0], e[1])
-    }
 }
 
 #[cfg(test)]

@@ -56,7 +56,13 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn end_name(&self, e: End) -> String {
+    /// The name of link `i` as the status shows it (`c1-host`).
+    pub(super) fn link_name(&self, i: usize) -> String {
+        let e = self.topo.links[i].ends.map(|e| self.end_name(e));
+        format!("{}-{}", e[0], e[1])
+    }
+
+    fn end_name(&self, e: End) -> String {
         match e {
             End::Host => "host".to_string(),
             End::Cell(i) => self.topo.cells[i].name.clone(),
@@ -115,7 +121,7 @@ impl Supervisor {
         let ends = l.ends.map(|e| self.end_name(e));
         let mut v = st::LinkStatus {
             index: i,
-            name: format!("{}-{}", ends[0], ends[1]),
+            name: self.link_name(i),
             ends: ends.clone(),
             size: l.size,
             socket: self.paths.link(i).display().to_string(),

@@ -99,6 +99,14 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Two link ends on the server at `s`, both running.
+pub fn running_pair(s: &Running) -> (Link, Link) {
+    let mut a = Link::new(ivnet_dataplane::client::Client::connect(&s.path, 2).unwrap()).unwrap();
+    let mut b = Link::new(ivnet_dataplane::client::Client::connect(&s.path, 2).unwrap()).unwrap();
+    link_up(&mut a, &mut b);
+    (a, b)
+}
+
 /// Drives both ends' state machines until both run.
 pub fn link_up(a: &mut Link, b: &mut Link) {
     wait_for("both ends RUN", || {
